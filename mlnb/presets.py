@@ -1,0 +1,106 @@
+"""Presets shared by every notebook and the experiment runner: ``smoke``, ``default`` and ``paper``.
+
+* ``paper``: PASCAL VOC 2007 and 2012 with Inception-v3 at 299 px and the paper's budgets
+  (Sec. IV-C: λ0 = 1e5, 10 binary searches x 1000 iterations, lr 1e-2; ML-DP 20 iterations;
+  FGS / FG ε searched in [0, 10] on the 0-255 scale), 1000 images per general strategy and
+  100 per label-specified one, labels *person* (reduce) and *sheep* (augment). GPU only.
+* ``default``: the embedded offline animal composites and a small CNN, sized so that the
+  README's run command executes every notebook in at most 20 minutes on 2 CPU cores.
+* ``smoke``: seconds, for tests.
+
+Introduced in notebooks/01_target_model.ipynb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .validate import check_choice
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a notebook needs to know about data, model and attack budgets."""
+
+    name: str
+    datasets: tuple[str, ...]  # data sets the experiments run on, first is the main one
+    image_size: int  # side of the square input images
+    backbone: str  # see mlnb.models.BACKBONES
+    pretrained: bool  # ImageNet weights for the backbone
+    n_train: int | None  # training images (None: the whole split)
+    n_test: int | None  # test images the attack set X is drawn from (None: whole split)
+    train: dict = field(default_factory=dict)  # keyword arguments of mlnb.training.train_model
+    n_general: int = 100  # images per general strategy (random, extreme)
+    n_label_specified: int = 100  # images per label-specified strategy (reduce, augment)
+    reduce_label: str = "person"  # the most frequent label, reduced in Table V
+    augment_label: str = "sheep"  # the rarest label, augmented in Table V
+    attack_batch_size: int = 128  # images attacked together
+    max_rmsd: float | None = None  # the RMSD bound of Sec. IV-D (0-255 scale); None: unbounded
+    attacks: dict = field(default_factory=dict)  # per-attack keyword arguments
+
+    def attack_params(self, attack: str) -> dict:
+        """The preset's keyword arguments for ``attack`` (a copy)."""
+        check_choice("attack", attack, ATTACK_NAMES)
+        return dict(self.attacks.get(attack, {}))
+
+
+ATTACK_NAMES = ("fgs", "fg", "ml_cw", "ml_dp", "rank1", "rank2")
+
+_PAPER_ATTACKS = {
+    "fgs": {"eps_max": 10 / 255, "n_eps": 21},
+    "fg": {"eps_max": 10 / 255, "n_eps": 21},
+    "ml_cw": {"lambda_init": 1e5, "n_search": 10, "max_iter": 1000, "lr": 1e-2},
+    "ml_dp": {"max_iter": 20},
+    "rank1": {"lambda_init": 1e5, "n_search": 10, "max_iter": 1000, "lr": 1e-2},
+    "rank2": {"lambda_init": 1e5, "n_search": 10, "max_iter": 1000, "lr": 1e-2},
+}
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper", datasets=("voc2007", "voc2012"), image_size=299, backbone="inception_v3",
+        pretrained=True, n_train=None, n_test=None,
+        train={"epochs": 20, "batch_size": 100, "lr": 1e-3, "loss": "eq12", "lam": 0.5},
+        n_general=1000, n_label_specified=100, reduce_label="person", augment_label="sheep",
+        attack_batch_size=32, max_rmsd=None, attacks=_PAPER_ATTACKS,
+    ),
+    "default": Preset(
+        name="default", datasets=("animals",), image_size=48, backbone="small_cnn", pretrained=False,
+        n_train=None, n_test=None,
+        train={"epochs": 12, "batch_size": 100, "lr": 3e-3, "loss": "eq12", "lam": 0.5, "max_seconds": 170},
+        n_general=100, n_label_specified=50, reduce_label="dog", augment_label="sheep",
+        attack_batch_size=100, max_rmsd=None,
+        attacks={
+            "fgs": {"eps_max": 10 / 255, "n_eps": 11},
+            "fg": {"eps_max": 10 / 255, "n_eps": 11},
+            "ml_cw": {"lambda_init": 10.0, "n_search": 5, "max_iter": 100, "lr": 1e-2},
+            "ml_dp": {"max_iter": 20},
+            "rank1": {"lambda_init": 10.0, "n_search": 5, "max_iter": 100, "lr": 1e-2},
+            "rank2": {"lambda_init": 10.0, "n_search": 5, "max_iter": 100, "lr": 1e-2},
+        },
+    ),
+    "smoke": Preset(
+        name="smoke", datasets=("animals",), image_size=32, backbone="small_cnn", pretrained=False,
+        n_train=600, n_test=200,
+        train={"epochs": 2, "batch_size": 100, "lr": 3e-3, "loss": "eq12", "lam": 0.5},
+        n_general=8, n_label_specified=6, reduce_label="dog", augment_label="sheep",
+        attack_batch_size=8, max_rmsd=None,
+        attacks={
+            "fgs": {"eps_max": 10 / 255, "n_eps": 3},
+            "fg": {"eps_max": 10 / 255, "n_eps": 3},
+            "ml_cw": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
+            "ml_dp": {"max_iter": 5},
+            "rank1": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
+            "rank2": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
+        },
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """Look a preset up by name; keyword overrides replace fields (``get_preset("default", n_general=20)``)."""
+    check_choice("preset", name, PRESETS)
+    preset = PRESETS[name]
+    unknown = set(overrides) - set(preset.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown preset field(s) {sorted(unknown)}: valid fields are "
+                         f"{sorted(preset.__dataclass_fields__)}")
+    return replace(preset, **overrides) if overrides else preset

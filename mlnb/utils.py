@@ -1,0 +1,159 @@
+"""Seeds, devices, paths and the one helper that writes a notebook's results.
+
+Introduced in notebooks/00_definitions.ipynb.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .validate import check_choice
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded with ``seed``.
+
+    Pass the returned generator (or one derived from it) as ``generator=`` to every random
+    choice: data, targets and random starts all take one.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU. Anything else is checked and returned."""
+    if isinstance(device, torch.device):
+        return device
+    base = str(device).split(":")[0]
+    check_choice("device", base, DEVICE_CHOICES)
+    if base == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False: use DEVICE='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def project_root() -> Path:
+    """The nearest folder at or above the working directory that holds ``pyproject.toml``
+    (so notebooks run from ``notebooks/`` write next to the repository), else the working directory."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "mlnb").is_dir():
+            return folder
+    return here
+
+
+def results_root() -> Path:
+    """``$MLNB_RESULTS`` or ``<project>/results``."""
+    return Path(os.environ.get("MLNB_RESULTS", project_root() / "results"))
+
+
+def data_root() -> Path:
+    """``$MLNB_DATA`` or ``<project>/data`` (the cache of built data sets and trained models)."""
+    return Path(os.environ.get("MLNB_DATA", project_root() / "data"))
+
+
+def results_dir(notebook: str) -> Path:
+    """``results/<notebook>/``, created if missing."""
+    path = results_root() / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Tensors, NumPy values, paths and tuples -> plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, torch.device, torch.dtype)):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def param_hash(params: dict) -> str:
+    """A short stable hash of a parameter dict (sorted JSON), used to key runs and results."""
+    text = json.dumps(to_jsonable(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def environment_info(device: str | torch.device | None = None) -> dict:
+    """Package version, torch version, device and machine: recorded in every ``metrics.json``."""
+    from . import __version__
+
+    info = {"mlnb": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if device is not None:
+        dev = torch.device(device)
+        info["device"] = str(dev)
+        if dev.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def write_metrics(notebook: str, metrics: dict, params: dict, *, seed: int | None = None,
+                  device: str | torch.device | None = None) -> Path:
+    """Write ``results/<notebook>/metrics.json`` with the metrics, the parameters and their hash,
+    the seed, and :func:`environment_info`. Returns the path."""
+    record = {"notebook": notebook, "metrics": metrics, "params": params, "params_hash": param_hash(params),
+              "seed": seed, "environment": environment_info(device)}
+    return write_json(results_dir(notebook) / "metrics.json", record)
+
+
+def save_figure(fig, notebook: str, name: str, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as ``results/<notebook>/<name>.png`` (atomically)."""
+    path = results_dir(notebook) / f"{name}.png"
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def save_table(df, notebook: str, name: str) -> Path:
+    """Save a pandas DataFrame as ``results/<notebook>/<name>.csv`` (atomically)."""
+    return atomic_write_text(results_dir(notebook) / f"{name}.csv", df.to_csv(index=True))

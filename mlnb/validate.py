@@ -1,0 +1,143 @@
+"""Checks at the public boundary: every message names the argument, the problem and the fix.
+
+Kernels call these once on entry; nothing here is called inside an optimisation loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+
+MAX_LISTED = 5  # how many offending images / labels a message lists before "..."
+
+
+def _listed(idx: torch.Tensor) -> str:
+    vals = idx.flatten().tolist()
+    head = ", ".join(str(v) for v in vals[:MAX_LISTED])
+    return head + (f", ... ({len(vals)} in all)" if len(vals) > MAX_LISTED else "")
+
+
+def check_choice(name: str, value, valid: Iterable) -> None:
+    """Raise ``ValueError`` if ``value`` is not one of ``valid``, listing the valid names."""
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(map(repr, valid))}")
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False, integer: bool = False) -> None:
+    """Raise if a budget / rate / epsilon is not a finite positive number (or int)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        need = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite {need} number, got {value!r}: pass e.g. {name}=1")
+
+
+def check_images(x, name: str = "x") -> None:
+    """Images: a float tensor ``(N, C, H, W)`` with finite values in ``[0, 1]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}: "
+                         f"add a batch axis with {name}.unsqueeze(0) for a single image")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}: "
+                         f"use {name}.float() / 255 for 8-bit images")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): pass at least one image")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        imgs = bad.flatten(1).any(1).nonzero().flatten()
+        raise ValueError(f"{name} contains NaN or Inf in images {_listed(imgs)}: clean the inputs first")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}]: "
+                         f"scale 0-255 images by 1/255 and move normalisation into the model")
+
+
+def check_label_matrix(y, name: str = "y", num_labels: int | None = None) -> None:
+    """Labels: a bool tensor ``(N, L)`` with ``L >= 1`` (``num_labels`` if given)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, L), got {type(y).__name__}")
+    if y.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, L), got shape {tuple(y.shape)}")
+    if y.dtype != torch.bool:
+        if y.is_floating_point() or y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+            vals = torch.unique(y).tolist()
+            hint = ("labels look like the paper's ±1: pass y > 0" if set(vals) <= {-1, 1}
+                    else "labels must be binary: pass a bool mask (y > 0.5)")
+            raise ValueError(f"{name} must be a bool tensor (N, L), got dtype {y.dtype} with values "
+                             f"{vals[:6]}: {hint}")
+        raise ValueError(f"{name} must be a bool tensor (N, L), got dtype {y.dtype}")
+    if num_labels is not None and y.shape[1] != num_labels:
+        raise ValueError(f"{name} has {y.shape[1]} labels but the model predicts {num_labels}: "
+                         f"use label masks with one column per model output")
+
+
+def check_same_rows(**tensors) -> None:
+    """All tensors share the batch size N (first axis)."""
+    sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{k} has {n}" for k, n in sizes.items())
+        raise ValueError(f"batch sizes differ ({listing}): pass one row per image in each")
+
+
+def check_target(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                 eligible: torch.Tensor | None = None, *, require_nonempty_a: bool = True) -> None:
+    """Validate a target ``(A, B)`` against labels ``y`` (all ``(N, L)`` bool).
+
+    Raises ``ValueError`` naming the images and labels when A and B overlap, when an
+    (eligible) image has an empty A, or when shapes / dtypes disagree.
+    """
+    check_label_matrix(y, "y")
+    check_label_matrix(A, "A")
+    check_label_matrix(B, "B")
+    for name, m in (("A", A), ("B", B)):
+        if m.shape != y.shape:
+            raise ValueError(f"{name} has shape {tuple(m.shape)} but y has {tuple(y.shape)}: "
+                             f"masks need one row per image and one column per label")
+    overlap = A & B
+    if overlap.any():
+        rows, cols = overlap.nonzero(as_tuple=True)
+        pairs = ", ".join(f"image {r} label {c}" for r, c in zip(rows.tolist()[:MAX_LISTED], cols.tolist()))
+        raise ValueError(f"A and B overlap at {pairs}: a label is either flipped (A) or kept (B), "
+                         f"never both; remove it from one mask")
+    if require_nonempty_a:
+        rows = ~A.any(1) if eligible is None else (~A.any(1) & eligible)
+        if rows.any():
+            raise ValueError(f"A is empty for images {_listed(rows.nonzero().flatten())}: the paper requires "
+                             f"A != {{}}; drop those images (use the generator's eligible mask)")
+
+
+def check_label_index(j, num_labels: int, names: Sequence[str] | None = None) -> int:
+    """Resolve a label given by index or by name to an index in ``range(num_labels)``."""
+    if isinstance(j, str):
+        if names is None or j not in names:
+            valid = ", ".join(names) if names else "(no label names given: pass an int index)"
+            raise ValueError(f"unknown label name {j!r}: choose one of {valid}")
+        return list(names).index(j)
+    if isinstance(j, bool) or not isinstance(j, int):
+        raise TypeError(f"label index must be an int or a label name, got {type(j).__name__}")
+    if not 0 <= j < num_labels:
+        raise ValueError(f"label index {j} is out of range: there are {num_labels} labels (0..{num_labels - 1})")
+    return j
+
+
+def check_eval_model(model) -> None:
+    """The attacked model must be an ``nn.Module`` in eval mode."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("model is in training mode (dropout / batch-norm statistics would change under "
+                         "attack): call model.eval() first")
+
+
+def check_logits(logits: torch.Tensor, n: int, num_labels: int) -> None:
+    """The model's output for ``n`` images must be ``(n, num_labels)``."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or tuple(logits.shape) != (n, num_labels):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model returned {shape} for {n} images but the labels need ({n}, {num_labels}) "
+                         f"logits: the model must map (N, C, H, W) images to (N, L) logits")
