@@ -1,0 +1,307 @@
+"""Evaluation metrics of Sec. IV-D (attacks) and Table III (the target model), as batched torch kernels.
+
+Every per-image kernel takes ``(N, L)`` tensors and returns an ``(N,)`` float tensor on the inputs'
+device; nothing loops over images. Ties are handled exactly with pairwise ``(N, L, L)`` comparisons
+(``L`` is small) or, where ``N`` is large, with a sort and ``searchsorted``.
+
+Predictions use the paper's threshold: ``h_i = 1`` iff ``f_i >= 0.5`` (Sec. IV-D, :func:`predict`).
+In attack evaluation the *target* labels ``y* = y XOR A`` are the ground truth.
+
+Degenerate rows (documented choices; nothing ever returns Inf):
+
+========================  =======================================  =================
+kernel                    degenerate row                           value
+========================  =======================================  =================
+``hamming_loss``          empty mask (e.g. ``B = ∅``)              NaN ("N.A.")
+``instance_f1``           no predicted and no target positive      1.0 (exact match)
+``ranking_loss``          no positive or no negative in ``y*``     0.0 (as sklearn)
+``average_precision``     no positive or no negative in ``y*``     1.0 (as sklearn)
+``instance_auc``          no positive or no negative in ``y*``     NaN (undefined)
+``kendall_tau_b``         constant scores or constant ``y_τ``      NaN (undefined)
+========================  =======================================  =================
+
+Aggregates (:func:`evaluate_attack`) are NaN-aware means; a key whose every row is NaN is NaN.
+
+Introduced in notebooks/00_definitions.ipynb.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .labels import kendall_criterion
+from .validate import (check_eval_model, check_images, check_label_matrix, check_logits,
+                       check_positive, check_same_rows, check_target)
+
+THRESHOLD = 0.5  # h_i(x) = 1 iff f_i(x) >= 0.5 (Sec. IV-D)
+ATTACK_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_scores(scores, name: str = "scores", *, probabilities: bool = False) -> None:
+    """Scores: a finite float ``(N, L)`` tensor (in ``[0, 1]`` when ``probabilities``)."""
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, L), got {type(scores).__name__}")
+    if scores.dim() != 2 or not scores.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor (N, L), got dtype {scores.dtype} and shape "
+                         f"{tuple(scores.shape)}: pass one row of label scores per image")
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"{name} contains NaN or Inf: the metrics need finite scores")
+    if probabilities and scores.numel() and (scores.min() < 0 or scores.max() > 1):
+        raise ValueError(f"{name} must be probabilities in [0, 1], found values in "
+                         f"[{float(scores.min()):.4g}, {float(scores.max()):.4g}]: pass torch.sigmoid(logits)")
+
+
+def _check_like(t, name: str, ref: torch.Tensor, ref_name: str, *, boolean: bool = True) -> None:
+    """``t`` has the shape of ``ref`` (and is a bool label matrix when ``boolean``)."""
+    if boolean:
+        check_label_matrix(t, name)
+    elif not isinstance(t, torch.Tensor) or t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (N, L) tensor")
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has {tuple(ref.shape)}: "
+                         f"pass one row per image and one column per label in each")
+
+
+def _float(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
+    return t.to(dtype)
+
+
+# ----------------------------------------------------------------------------- per-image kernels
+def predict(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Predicted labels ``h_i = [f_i >= threshold]``: ``(N, L)`` probabilities -> ``(N, L)`` bool (Sec. IV-D)."""
+    _check_scores(scores)
+    return scores >= threshold
+
+
+def rmsd(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Root mean square deviation on the 0-255 scale (Sec. IV-D), ``(N,)``.
+
+    ``RMSD_n = sqrt(mean_{c,h,w} ((x_adv - x) * 255)^2)`` over all ``C*H*W`` entries of image ``n``;
+    ``x``, ``x_adv``: ``(N, C, H, W)`` in ``[0, 1]``. A uniform shift of ``1/255`` gives ``1.0``.
+    """
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x_adv has shape {tuple(x_adv.shape)} but x has {tuple(x.shape)}: pass the "
+                         f"adversarial image of each clean image")
+    d = (x_adv - x) * 255.0
+    return d.flatten(1).pow(2).mean(1).sqrt()
+
+
+def hamming_loss(pred: torch.Tensor, y_star: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of the labels in ``mask`` (A or B) where ``pred != y_star``, ``(N,)`` (Sec. IV-D).
+
+    All inputs ``(N, L)`` bool. Rows with an empty mask are NaN (the paper's "N.A.").
+    """
+    check_label_matrix(pred, "pred")
+    _check_like(y_star, "y_star", pred, "pred")
+    _check_like(mask, "mask", pred, "pred")
+    n = mask.sum(1)
+    wrong = ((pred ^ y_star) & mask).sum(1)
+    out = _float(wrong) / _float(n.clamp(min=1))
+    return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
+def instance_f1(pred: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+    """Instance F1 ``2|h ∩ y*| / (|h| + |y*|)``, ``(N,)`` in ``[0, 1]`` (Sec. IV-D, [33]).
+
+    ``pred``, ``y_star``: ``(N, L)`` bool. A row with no predicted and no target positive is an
+    exact match and scores 1.0 (sklearn ``f1_score(average="samples", zero_division=1)``).
+    """
+    check_label_matrix(pred, "pred")
+    _check_like(y_star, "y_star", pred, "pred")
+    tp = (pred & y_star).sum(1)
+    denom = pred.sum(1) + y_star.sum(1)
+    out = _float(2 * tp) / _float(denom.clamp(min=1))
+    return torch.where(denom > 0, out, torch.ones_like(out))
+
+
+def _pairs(scores: torch.Tensor, y: torch.Tensor):
+    """Positive-negative pair masks and score comparisons, each ``(N, L, L)`` indexed [pos, neg]."""
+    pair = y[:, :, None] & ~y[:, None, :]
+    diff = scores[:, :, None] - scores[:, None, :]
+    n_pairs = y.sum(1) * (~y).sum(1)
+    return pair, diff, n_pairs
+
+
+def ranking_loss(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+    """Ranking loss, ``(N,)`` in ``[0, 1]``: the fraction of (positive, negative) label pairs of
+    ``y_star`` with ``f_pos <= f_neg`` (a tie counts as an error, as in sklearn ``label_ranking_loss``).
+
+    ``scores`` ``(N, L)`` float, ``y_star`` ``(N, L)`` bool. Rows with no positive or no negative: 0.0.
+    """
+    _check_scores(scores)
+    _check_like(y_star, "y_star", scores, "scores")
+    pair, diff, n_pairs = _pairs(scores, y_star)
+    bad = (pair & (diff <= 0)).sum((1, 2))
+    out = _float(bad, scores) / _float(n_pairs.clamp(min=1), scores)
+    return torch.where(n_pairs > 0, out, torch.zeros_like(out))
+
+
+def _ap_rows(scores: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Per-row ``mean_{j relevant} #{relevant k: s_k >= s_j} / #{k: s_k >= s_j}``, ``(R, M)`` -> ``(R,)``.
+
+    Sort-based (``O(M log M)`` per row); rows without a relevant entry give 0.
+    """
+    m = scores.shape[1]
+    desc, order = scores.sort(dim=1, descending=True)
+    csum = rel.gather(1, order).long().cumsum(1)
+    n_ge = m - torch.searchsorted(desc.flip(1).contiguous(), scores.contiguous(), right=False)
+    tp_ge = csum.gather(1, n_ge - 1)
+    prec = _float(tp_ge, scores) / _float(n_ge, scores)
+    n_rel = rel.sum(1)
+    return (prec * rel).sum(1) / _float(n_rel.clamp(min=1), scores)
+
+
+def average_precision(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+    """Per-instance average precision, ``(N,)`` in ``(0, 1]``; mAP (Sec. IV-D) is its mean.
+
+    ``AP_n = mean_{j in Y*} #{k in Y*: f_k >= f_j} / #{k: f_k >= f_j}`` (ties ranked pessimistically),
+    equal to sklearn ``label_ranking_average_precision_score`` row by row. Rows with no positive or
+    no negative label: 1.0 (as sklearn).
+    """
+    _check_scores(scores)
+    _check_like(y_star, "y_star", scores, "scores")
+    ap = _ap_rows(scores, y_star)
+    n_pos = y_star.sum(1)
+    degenerate = (n_pos == 0) | (n_pos == y_star.shape[1])
+    return torch.where(degenerate, torch.ones_like(ap), ap)
+
+
+def instance_auc(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+    """Instance AUC, ``(N,)`` in ``[0, 1]``: the fraction of (positive, negative) pairs ranked
+    correctly, a tie counting 1/2 (sklearn ``roc_auc_score`` on each row) (Sec. IV-D).
+
+    Rows with no positive or no negative label: NaN (AUC is undefined there).
+    """
+    _check_scores(scores)
+    _check_like(y_star, "y_star", scores, "scores")
+    pair, diff, n_pairs = _pairs(scores, y_star)
+    good = _float((pair & (diff > 0)).sum((1, 2)), scores) + 0.5 * _float((pair & (diff == 0)).sum((1, 2)), scores)
+    out = good / _float(n_pairs.clamp(min=1), scores)
+    return torch.where(n_pairs > 0, out, torch.full_like(out, math.nan))
+
+
+def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
+    """Kendall's τ_b between the scores and the criterion ``y_τ`` (Sec. III-C2, Sec. IV-D), ``(N,)``.
+
+    ``τ_b = (P - Q) / sqrt((n0 - n_x)(n0 - n_y))`` with the tie corrections ``n_x``, ``n_y`` (pairs
+    tied in the scores / in ``y_τ``), as ``scipy.stats.kendalltau(variant="b")``. ``scores`` ``(N, L)``
+    float, ``y_tau`` ``(N, L)`` integer from :func:`mlnb.labels.kendall_criterion`. In ``[-1, 1]``;
+    NaN (undefined) when a row's scores or ``y_τ`` are constant.
+    """
+    _check_scores(scores)
+    _check_like(y_tau, "y_tau", scores, "scores", boolean=False)
+    if y_tau.is_floating_point() or y_tau.dtype == torch.bool:
+        raise ValueError(f"y_tau must be an integer tensor (from mlnb.labels.kendall_criterion), got {y_tau.dtype}")
+    dx = torch.sign(scores[:, :, None] - scores[:, None, :])
+    t = y_tau.to(torch.int16)
+    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(scores.dtype)
+    num = (dx * dy).sum((1, 2))
+    nx = (dx != 0).sum((1, 2))
+    ny = (dy != 0).sum((1, 2))
+    den = torch.sqrt(_float(nx, scores) * _float(ny, scores))
+    ok = (nx > 0) & (ny > 0)
+    out = (num / den.clamp(min=1)).clamp(-1.0, 1.0)
+    return torch.where(ok, out, torch.full_like(out, math.nan))
+
+
+# ----------------------------------------------------------------------------- attack evaluation
+def per_image_metrics(scores_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                      A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every Sec. IV-D metric of an attack, per image: ``{key: (N,) tensor}`` for the keys
+    ``rmsd, hamming_A, hamming_B, f1, ranking_loss, map, auc, kendall_tau_b``.
+
+    ``scores_adv`` ``(N, L)`` probabilities at ``x_adv``; ``x``, ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``;
+    ``y``, ``A``, ``B`` ``(N, L)`` bool, ``A`` non-empty per row. The target labels ``y* = y XOR A`` are
+    the ground truth; Kendall τ_b compares the scores with ``y_τ`` of Sec. III-C2.
+    """
+    check_target(y, A, B)
+    _check_scores(scores_adv, "scores_adv", probabilities=True)
+    _check_like(y, "y", scores_adv, "scores_adv")
+    check_images(x, "x")
+    check_same_rows(x=x, x_adv=x_adv, y=y)
+    y_star = y ^ A
+    pred = scores_adv >= THRESHOLD
+    return {
+        "rmsd": rmsd(x, x_adv),
+        "hamming_A": hamming_loss(pred, y_star, A),
+        "hamming_B": hamming_loss(pred, y_star, B),
+        "f1": instance_f1(pred, y_star),
+        "ranking_loss": ranking_loss(scores_adv, y_star),
+        "map": average_precision(scores_adv, y_star),
+        "auc": instance_auc(scores_adv, y_star),
+        "kendall_tau_b": kendall_tau_b(scores_adv, kendall_criterion(y, A, B)),
+    }
+
+
+def _nanmean(v: torch.Tensor) -> float:
+    """Mean over the non-NaN entries; NaN when there is none."""
+    keep = ~torch.isnan(v)
+    return float(v[keep].double().mean()) if bool(keep.any()) else math.nan
+
+
+def _model_scores(model: torch.nn.Module, x: torch.Tensor, num_labels: int, batch_size: int) -> torch.Tensor:
+    """``sigmoid(model(x))`` in batches under ``no_grad``, ``(N, num_labels)``."""
+    check_eval_model(model)
+    check_images(x, "x_adv")
+    check_positive("batch_size", batch_size, integer=True)
+    with torch.no_grad():
+        out = []
+        for i in range(0, x.shape[0], int(batch_size)):
+            chunk = x[i:i + int(batch_size)]
+            logits = model(chunk)
+            check_logits(logits, chunk.shape[0], num_labels)
+            out.append(torch.sigmoid(logits))
+    return torch.cat(out)
+
+
+def evaluate_attack(model_or_scores, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                    A: torch.Tensor, B: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
+    """Mean Sec. IV-D metrics of an attack (Tables IV-V): ``{key: float}`` for the keys of
+    :func:`per_image_metrics`, NaN-aware (``hamming_B`` is NaN when every ``B`` is empty, "N.A.").
+
+    ``model_or_scores``: an ``nn.Module`` in eval mode mapping images to ``(N, L)`` logits (scored as
+    ``sigmoid(model(x_adv))`` in batches of ``batch_size``), or the ``(N, L)`` probabilities at ``x_adv``.
+    """
+    if isinstance(model_or_scores, torch.nn.Module):
+        check_label_matrix(y, "y")
+        scores = _model_scores(model_or_scores, x_adv, y.shape[1], batch_size)
+    else:
+        scores = model_or_scores
+    per = per_image_metrics(scores, x, x_adv, y, A, B)
+    return {k: _nanmean(v) for k, v in per.items()}
+
+
+# ----------------------------------------------------------------------------- Table III
+def model_quality(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Quality of the target model on clean images (Table III), as floats.
+
+    ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool. Keys: ``hamming`` (Hamming loss over all
+    labels), ``macro_f1`` / ``micro_f1`` (sklearn ``f1_score`` semantics, ``zero_division=0``),
+    ``ranking_loss`` (mean), ``map`` (mean per-instance AP, the paper's mAP) and ``label_map`` (VOC-style
+    mean over labels of per-label AP = sklearn ``average_precision_score(average="macro")``; a label
+    without positive images scores 0 there, as in sklearn).
+    """
+    _check_scores(scores, probabilities=True)
+    _check_like(y, "y", scores, "scores")
+    if scores.shape[0] == 0:
+        raise ValueError("scores is empty: pass at least one image")
+    pred = scores >= THRESHOLD
+    tp = (pred & y).sum(0).double()
+    fp = (pred & ~y).sum(0).double()
+    fn = (~pred & y).sum(0).double()
+    per_label = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+    denom = float(2 * tp.sum() + fp.sum() + fn.sum())
+    label_ap = _ap_rows(scores.t().contiguous(), y.t().contiguous())
+    return {
+        "hamming": float((pred ^ y).double().mean()),
+        "macro_f1": float(per_label.mean()),
+        "micro_f1": float(2 * tp.sum()) / denom if denom > 0 else 0.0,
+        "ranking_loss": _nanmean(ranking_loss(scores, y)),
+        "map": _nanmean(average_precision(scores, y)),
+        "label_map": float(label_ap.double().mean()),
+    }
