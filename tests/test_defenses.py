@@ -1,0 +1,151 @@
+"""Unit tests of mlnb.defenses: ranges, shapes, codecs and the straight-through (BPDA) wrapper."""
+import pytest
+import torch
+from torch import nn
+
+from mlnb import defenses as D
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def x():
+    g = torch.Generator().manual_seed(0)
+    # smooth-ish images (JPEG behaves like on photos) plus a little noise
+    base = torch.rand(4, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(base, size=(32, 32), mode="bilinear", align_corners=False)
+    return (img + 0.02 * torch.rand(4, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("fn", [
+    D.png_roundtrip, lambda t: D.jpeg(t, 50), lambda t: D.bit_depth(t, 3), lambda t: D.median_smooth(t, 3),
+])
+def test_shape_dtype_range(fn, x):
+    out = fn(x)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_png_roundtrip_equals_8bit_rounding_and_real_codec(x):
+    rounded = torch.round(x * 255) / 255
+    assert torch.equal(D.png_roundtrip(x), rounded)
+    assert torch.equal(D.png_roundtrip(x, encode=True), rounded)
+    gray = x[:, :1]
+    assert torch.equal(D.png_roundtrip(gray, encode=True), torch.round(gray * 255) / 255)
+
+
+def test_jpeg_quality_100_close_to_identity_and_low_quality_is_lossy(x):
+    # libjpeg subsamples chroma (4:2:0) even at quality 100, so check near-identity on luminance:
+    # grey images stored as 1 channel and as 3 equal channels
+    grey = x.mean(1, keepdim=True)
+    for img in (grey, grey.expand(-1, 3, -1, -1).contiguous()):
+        err100 = (D.jpeg(img, 100) - img).abs()
+        assert err100.mean() < 1 / 255 and err100.max() < 6 / 255
+    assert (D.jpeg(x, 10) - x).abs().mean() > 4 * (D.jpeg(x, 100) - x).abs().mean() / 3
+
+
+def test_jpeg_grayscale_and_double(x):
+    out = D.jpeg(x[:, :1].double(), 90)
+    assert out.shape == (4, 1, 32, 32) and out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("bad", [0, 101, 50.0, True])
+def test_jpeg_rejects_bad_quality(x, bad):
+    with pytest.raises((ValueError, TypeError), match="quality"):
+        D.jpeg(x, bad)
+
+
+def test_jpeg_rejects_two_channels(x):
+    with pytest.raises(ValueError, match="channels"):
+        D.jpeg(x[:, :2])
+
+
+def test_bit_depth_idempotent_levels_and_8bit(x):
+    for bits in (1, 3, 5, 8):
+        once = D.bit_depth(x, bits)
+        assert torch.equal(D.bit_depth(once, bits), once)
+        assert torch.unique(once).numel() <= 2 ** bits
+    assert torch.equal(D.bit_depth(x, 8), D.png_roundtrip(x))
+    with pytest.raises(ValueError, match="bits"):
+        D.bit_depth(x, 9)
+
+
+def test_median_smooth_matches_reference_and_removes_salt(x):
+    k = 3
+    out = D.median_smooth(x, k)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    i, j = 5, 7
+    ref = padded[:, :, i:i + k, j:j + k].reshape(4, 3, -1).median(-1).values
+    assert torch.equal(out[:, :, i, j], ref)
+    flat = torch.full((1, 1, 9, 9), 0.5)
+    salty = flat.clone()
+    salty[0, 0, 4, 4] = 1.0
+    assert torch.equal(D.median_smooth(salty, 3), flat)
+    assert torch.equal(D.median_smooth(x, 1), x)
+    with pytest.raises(ValueError, match="odd"):
+        D.median_smooth(x, 4)
+    with pytest.raises(ValueError, match="too large"):
+        D.median_smooth(x[:, :, :2, :2], 5)
+
+
+def test_inputs_are_validated():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        D.jpeg(torch.full((1, 3, 8, 8), 2.0))
+    with pytest.raises(ValueError, match="4-D"):
+        D.bit_depth(torch.rand(3, 8, 8))
+
+
+def test_straight_through_forward_is_defense_and_gradient_is_identity(x):
+    defense = D.make_defense("jpeg", quality=30)
+    st = D.straight_through(defense)
+    xr = x.clone().requires_grad_(True)
+    out = st(xr)
+    assert torch.equal(out.detach(), defense(x))
+    w = torch.randn_like(x)
+    (out * w).sum().backward()
+    assert torch.equal(xr.grad, w)
+
+
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 4)
+
+    def forward(self, t):
+        return self.fc(t.flatten(1))
+
+
+def test_defended_model_forward_mode_and_bpda_gradient(x):
+    torch.manual_seed(0)
+    model = _Linear().eval()
+    defense = D.make_defense("bit_depth", bits=3)
+    dm = D.DefendedModel(model, defense)
+    assert not dm.training
+    xr = x.clone().requires_grad_(True)
+    logits = dm(xr)
+    assert torch.allclose(logits, model(defense(x)))
+    logits[:, 2].sum().backward()
+    # gradient of model at the defended point, passed straight through
+    expected = model.fc.weight[2].reshape(1, 3, 32, 32).expand_as(x)
+    assert torch.allclose(xr.grad, expected)
+    # without BPDA the rounding kills the gradient (gradient masking)
+    dm_plain = D.DefendedModel(model, defense, bpda=False)
+    xr2 = x.clone().requires_grad_(True)
+    dm_plain(xr2)[:, 2].sum().backward()
+    assert xr2.grad.abs().max() == 0
+    with pytest.raises(TypeError, match="model"):
+        D.DefendedModel(lambda t: t, defense)
+
+
+def test_make_defense_checks_now():
+    with pytest.raises(ValueError, match="defense"):
+        D.make_defense("blur")
+    with pytest.raises(ValueError, match="quality"):
+        D.make_defense("jpeg", quality=0)
+
+
+def test_histogram_overlap():
+    a = torch.linspace(0, 1, 101)
+    assert D.histogram_overlap(a, a) == pytest.approx(1.0)
+    assert D.histogram_overlap(torch.zeros(10), torch.ones(10)) == pytest.approx(0.0)
+    assert D.histogram_overlap(torch.zeros(10), torch.cat([torch.zeros(5), torch.ones(5)])) == pytest.approx(0.5)
