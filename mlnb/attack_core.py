@@ -1,0 +1,162 @@
+"""What every attack shares: the result type, input validation, the model call (bf16 autocast,
+channels-last), automatic batch splitting on out-of-memory, the final evaluation and the progress bar.
+
+Private to :mod:`mlnb.attacks`. Introduced in notebooks/02_baselines_fgs_fg.ipynb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import validate as V
+from .attack_losses import kendall_tau_b, n_satisfied, satisfied
+from .labels import divisions, kendall_criterion
+
+AUTOCAST_CHOICES = (None, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class AttackResult:
+    """Per-image output of an attack; every tensor is on ``x.device``.
+
+    * ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``: the adversarial images (the clean image where the
+      attack found nothing better, or where the image was already in the target state).
+    * ``scores`` ``(N, L)``: probabilities of the model at ``x_adv``.
+    * ``success`` ``(N,)`` bool: every label of ``A`` flipped and every label of ``B`` kept at the
+      0.5 threshold (``prob >= 0.5`` is positive), computed from ``scores``.
+    * ``n_satisfied`` ``(N,)`` int: constraints of Eq. (4) satisfied, out of ``n_constraints = |A| + |B|``.
+    * ``iterations`` ``(N,)`` int: optimisation steps (gradient evaluations) used for that image.
+    * ``param`` ``(N,)`` float: the λ (ML-CW, Rank I/II) or ε (FGS, FG) of the returned example;
+      NaN where no parameter applies (ML-DP, clean image returned).
+    * ``kendall_tau`` ``(N,)`` float: Kendall tau-b between the scores and ``y_tau`` (Sec. III-C2);
+      NaN where ``y_tau`` is constant.
+    * ``extras``: attack-specific additions (``"n_constraints"``, ``"l2"`` of the perturbation, ...).
+    """
+
+    x_adv: torch.Tensor
+    scores: torch.Tensor
+    success: torch.Tensor
+    n_satisfied: torch.Tensor
+    iterations: torch.Tensor
+    param: torch.Tensor
+    kendall_tau: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x_adv.shape[0])
+
+
+@dataclass
+class Runtime:
+    """How the model is called: autocast dtype for the forward, channels-last inputs, batch size."""
+
+    model: torch.nn.Module
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    batch_size: int | None = None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Model logits ``(n, L)`` in float32 (the forward may run under autocast)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            return self.model(x).float()
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            out = self.model(x)
+        return out.float()
+
+
+def validate_attack_inputs(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> int:
+    """Boundary checks shared by every attack; returns the number of labels ``L``."""
+    V.check_eval_model(model)
+    V.check_images(x, "x")
+    V.check_label_matrix(y, "y")
+    V.check_same_rows(x=x, y=y, A=A, B=B)
+    V.check_target(y, A, B)
+    if batch_size is not None:
+        V.check_positive("batch_size", batch_size, integer=True)
+    if autocast_dtype not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+    with torch.no_grad():
+        probe = model(x[:1])
+    L = int(y.shape[1])
+    V.check_logits(probe, 1, L)
+    return L
+
+
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """A whole-number budget ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}: pass e.g. {name}={max(minimum, 10)}")
+
+
+def _free_memory(device: torch.device) -> None:
+    backend = getattr(torch, device.type, None)
+    empty = getattr(backend, "empty_cache", None)
+    if callable(empty):
+        empty()
+
+
+def run_in_chunks(n: int, batch_size: int | None, device: torch.device,
+                  fn: Callable[[slice], dict]) -> dict:
+    """Call ``fn(slice)`` on consecutive chunks of ``batch_size`` images (all at once if None) and
+    concatenate the returned dicts of ``(n_chunk, ...)`` tensors.
+
+    An out-of-memory error (``torch.cuda.OutOfMemoryError``) halves the chunk size and retries the
+    chunk; finished chunks are kept. Per-image results do not depend on the chunking, because no
+    attack mixes images.
+    """
+    size = n if batch_size is None else min(int(batch_size), n)
+    parts, start = [], 0
+    while start < n:
+        stop = min(start + size, n)
+        try:
+            parts.append(fn(slice(start, stop)))
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            _free_memory(device)
+            continue
+        start = stop
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, A: torch.Tensor,
+             B: torch.Tensor, iterations: torch.Tensor, param: torch.Tensor, extras: dict) -> AttackResult:
+    """Evaluate the model once at ``x_adv`` and derive every reported field from those scores."""
+    x_adv = x_adv.clamp(0, 1)
+
+    def evaluate(sl: slice) -> dict:
+        with torch.no_grad():
+            return {"logits": rt.logits(x_adv[sl])}
+
+    logits = run_in_chunks(x.shape[0], rt.batch_size, x.device, evaluate)["logits"]
+    scores = torch.sigmoid(logits)
+    target, ab = y ^ A, A | B
+    nsat = n_satisfied(scores, target, ab)
+    ncon = ab.sum(1)
+    extras = {"n_constraints": ncon, "l2": (x_adv - x).flatten(1).norm(dim=1),
+              "flipped_A": (satisfied(scores, target, A)).sum(1), **extras}
+    return AttackResult(x_adv=x_adv, scores=scores, success=nsat == ncon, n_satisfied=nsat,
+                        iterations=iterations.to(torch.int64), param=param.float(),
+                        kendall_tau=kendall_tau_b(logits, kendall_criterion(y, A, B)), extras=extras)
+
+
+def progress_bar(total: int, progress: bool, desc: str):
+    """One tqdm bar per attack call (counting image-steps); ``progress=False`` disables it."""
+    return tqdm(total=total, disable=not progress, desc=desc, unit="img-step", leave=False)
+
+
+def rank_masks(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor, omega_zero: str) -> dict:
+    """Per-image masks used by the ranking losses (Table I cells and Ω sets), all ``(N, L)`` bool."""
+    d = divisions(y, A, B, omega_zero=omega_zero)
+    return {"om": d.omega_minus, "op": d.omega_plus, "oz": d.omega_zero,
+            "A1": d.A1, "Bm1": d.Bm1, "B1": d.B1, "Am1": d.Am1}
