@@ -243,3 +243,52 @@ def histogram_overlap(a: torch.Tensor, b: torch.Tensor, bins: int = 20,
     ha = torch.histc(a.detach().float().flatten().cpu().clamp(lo, hi), bins=bins, min=lo, max=hi)
     hb = torch.histc(b.detach().float().flatten().cpu().clamp(lo, hi), bins=bins, min=lo, max=hi)
     return float(torch.minimum(ha / ha.sum(), hb / hb.sum()).sum())
+
+
+def target_met(scores: torch.Tensor, y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the attack's classification target holds, every label of ``A`` flipped and
+    every label of ``B`` kept at the 0.5 threshold (Sec. II). ``scores``: ``(N, L)`` probabilities.
+
+    Introduced in notebooks/09_jpeg_defense.ipynb.
+    """
+    pred = scores >= 0.5
+    return ((pred == (y ^ A)) | ~(A | B)).all(1)
+
+
+@torch.no_grad()
+def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor, y: torch.Tensor,
+                     x_adv: torch.Tensor | None = None, A: torch.Tensor | None = None,
+                     B: torch.Tensor | None = None, *, batch_size: int = 256) -> dict:
+    """Score a defense: clean cost and protection against given adversarial images (Sec. IV-H2).
+
+    ``model``: eval-mode ``nn.Module`` -> ``(N, L)`` logits; ``defense``: ``x -> x'`` or ``None``
+    (no defense); ``x``, ``x_adv``: ``(N, C, H, W)`` in ``[0, 1]``; ``y``, ``A``, ``B``: ``(N, L)``
+    bool. Returns ``{"clean_scores": (N, L), "clean_map": float}`` (mean per-instance AP of the
+    defended clean images, :func:`mlnb.metrics.average_precision`) and, with ``x_adv``,
+    ``{"adv_scores": (N, L), "success": (N,) bool, "success_rate": float}`` (target met after the
+    defense, :func:`target_met`).
+
+    Introduced in notebooks/09_jpeg_defense.ipynb.
+    """
+    from .metrics import average_precision
+    from .validate import check_eval_model, check_label_matrix, check_same_rows
+
+    check_eval_model(model)
+    check_images(x)
+    check_label_matrix(y, "y")
+    purify = defense if defense is not None else (lambda t: t)
+
+    def scores(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.sigmoid(model(purify(t[i:i + batch_size]))) for i in range(0, len(t), batch_size)])
+
+    clean = scores(x)
+    out = {"clean_scores": clean, "clean_map": float(average_precision(clean, y).double().mean())}
+    if x_adv is not None:
+        check_images(x_adv, "x_adv")
+        if A is None or B is None:
+            raise ValueError("x_adv given without its target: pass A and B (the (N, L) masks of the attack)")
+        check_same_rows(x=x, x_adv=x_adv, y=y, A=A, B=B)
+        adv = scores(x_adv)
+        ok = target_met(adv, y, A, B)
+        out.update(adv_scores=adv, success=ok, success_rate=float(ok.float().mean()))
+    return out

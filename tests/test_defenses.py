@@ -149,3 +149,24 @@ def test_histogram_overlap():
     assert D.histogram_overlap(a, a) == pytest.approx(1.0)
     assert D.histogram_overlap(torch.zeros(10), torch.ones(10)) == pytest.approx(0.0)
     assert D.histogram_overlap(torch.zeros(10), torch.cat([torch.zeros(5), torch.ones(5)])) == pytest.approx(0.5)
+
+
+def test_target_met_and_evaluate_defense(x):
+    y = torch.tensor([[True, False, True, False]])
+    A = torch.tensor([[True, True, False, False]])
+    B = torch.tensor([[False, False, True, False]])
+    assert D.target_met(torch.tensor([[0.2, 0.7, 0.9, 0.9]]), y, A, B).tolist() == [True]  # C ignored
+    assert D.target_met(torch.tensor([[0.2, 0.7, 0.4, 0.1]]), y, A, B).tolist() == [False]
+    torch.manual_seed(0)
+    model = _Linear().eval()
+    with torch.no_grad():
+        yy = model(x) > 0
+    AA = torch.zeros_like(yy)
+    AA[:, 0] = True
+    out = D.evaluate_defense(model, None, x, yy, x, AA, ~AA)
+    assert out["clean_map"] == pytest.approx(1.0) and out["success_rate"] == 0.0
+    assert out["adv_scores"].shape == (4, 4) and out["success"].dtype == torch.bool
+    out_j = D.evaluate_defense(model, D.make_defense("jpeg", quality=20), x, yy)
+    assert "success_rate" not in out_j and 0 < out_j["clean_map"] <= 1
+    with pytest.raises(ValueError, match="pass A and B"):
+        D.evaluate_defense(model, None, x, yy, x)

@@ -1,0 +1,317 @@
+"""An interactive explorer of targeted multi-label attacks: pick an image, tick labels for A and B,
+pick an attack and its budget, run, and look at the scores, the adversarial image and ``|r|``.
+
+The handlers are plain functions of an :class:`ExplorerState` (testable without a browser):
+:func:`make_state`, :func:`select_image`, :func:`toggle_label`, :func:`set_attack`,
+:func:`default_selection`, :func:`run_attack`, :func:`render`. :func:`build_app` is the thin
+ipywidgets layer that calls them. Label sets follow Sec. II of the paper: ``A`` (flip), ``B``
+(keep), ``C`` (the rest, unconstrained); ``A`` and ``B`` stay disjoint.
+
+Introduced in notebooks/10_explorer.ipynb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .presets import ATTACK_NAMES
+from .validate import (check_choice, check_eval_model, check_images, check_label_index, check_label_matrix,
+                       check_positive, check_same_rows)
+
+SETS = ("A", "B", "C")
+EPS_ATTACKS = ("fgs", "fg")  # budget = largest ε on the 0-255 scale; the others: iterations
+BUDGET_LIMITS = {"eps": (1, 32), "iter": (1, 300)}
+
+
+@dataclass
+class ExplorerResult:
+    """One attack on one image: ``x``, ``x_adv`` ``(C, H, W)``; ``before``, ``after`` ``(L,)``
+    probabilities; ``A``, ``B`` label indices; the attack's success flag, constraints satisfied,
+    RMSD (0-255 scale), name and keyword arguments."""
+
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
+    A: tuple[int, ...]
+    B: tuple[int, ...]
+    success: bool
+    n_satisfied: int
+    rmsd: float
+    attack: str
+    params: dict
+
+
+@dataclass
+class ExplorerState:
+    """What the explorer shows: the model, the images ``x`` ``(N, C, H, W)``, labels ``y`` ``(N, L)``
+    bool, their clean probabilities ``scores`` ``(N, L)``, the chosen image, the sets ``A`` / ``B``
+    (label indices), the attack, its budget and base keyword arguments, and the last result."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    label_names: tuple[str, ...]
+    scores: torch.Tensor
+    attack_params: dict = field(default_factory=dict)
+    index: int = 0
+    A: set = field(default_factory=set)
+    B: set = field(default_factory=set)
+    attack: str = "ml_cw"
+    budget: int = 50
+    seed: int = 0
+    result: ExplorerResult | None = None
+
+    def roles(self) -> list[str]:
+        """``"A"``, ``"B"`` or ``"C"`` for every label."""
+        return ["A" if j in self.A else "B" if j in self.B else "C" for j in range(len(self.label_names))]
+
+
+def default_budget(attack: str, params: Mapping | None = None) -> int:
+    """The budget slider's start value: ``eps_max`` x 255 for FGS / FG, else ``max_iter``."""
+    params = dict(params or {})
+    if attack in EPS_ATTACKS:
+        return int(round(float(params.get("eps_max", 10 / 255)) * 255))
+    return int(params.get("max_iter", 50))
+
+
+def budget_params(attack: str, budget: int, base: Mapping | None = None) -> dict:
+    """Keyword arguments of ``attack`` with the budget applied: FGS / FG ``eps_max = budget / 255``,
+    the others ``max_iter = budget`` (on top of ``base``, e.g. the preset's ``attack_params``)."""
+    check_choice("attack", attack, ATTACK_NAMES)
+    check_positive("budget", budget, integer=True)
+    params = dict(base or {})
+    if attack in EPS_ATTACKS:
+        params["eps_max"] = float(budget) / 255
+    else:
+        params["max_iter"] = int(budget)
+    return params
+
+
+def make_state(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_names: Sequence[str], *,
+               attack_params: Mapping[str, Mapping] | None = None, attack: str = "ml_cw",
+               seed: int = 0) -> ExplorerState:
+    """Build the explorer's state. ``model``: eval-mode ``nn.Module`` mapping ``(N, C, H, W)``
+    images in ``[0, 1]`` to ``(N, L)`` logits; ``x``, ``y``: the images offered and their labels;
+    ``attack_params``: ``{attack: kwargs}`` (e.g. from ``preset.attack_params``). The clean scores
+    are computed once here.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    check_eval_model(model)
+    check_images(x)
+    check_label_matrix(y, "y")
+    check_same_rows(x=x, y=y)
+    names = tuple(str(n) for n in label_names)
+    if len(names) != y.shape[1]:
+        raise ValueError(f"label_names has {len(names)} names but y has {y.shape[1]} labels: pass one name per label")
+    check_choice("attack", attack, ATTACK_NAMES)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(x))
+    params = {k: dict(v) for k, v in (attack_params or {}).items()}
+    return ExplorerState(model=model, x=x, y=y, label_names=names, scores=scores, attack_params=params,
+                         attack=attack, budget=default_budget(attack, params.get(attack)), seed=seed)
+
+
+def select_image(state: ExplorerState, index: int) -> ExplorerState:
+    """Show image ``index``; clears ``A``, ``B`` and the last result (labels differ per image)."""
+    n = state.x.shape[0]
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+        raise ValueError(f"image index must be an int in 0..{n - 1}, got {index!r}")
+    state.index = index
+    state.A.clear()
+    state.B.clear()
+    state.result = None
+    return state
+
+
+def toggle_label(state: ExplorerState, label: int | str, set_name: str) -> ExplorerState:
+    """Put ``label`` (index or name) into ``set_name`` (``"A"``, ``"B"`` or ``"C"`` = neither),
+    removing it from the other set, so ``A`` and ``B`` stay disjoint. Toggling a label into the
+    set it is already in moves it back to ``C`` (a second click on a checkbox)."""
+    check_choice("set_name", set_name, SETS)
+    j = check_label_index(label, len(state.label_names), state.label_names)
+    current = "A" if j in state.A else "B" if j in state.B else "C"
+    state.A.discard(j)
+    state.B.discard(j)
+    if set_name != current and set_name != "C":
+        (state.A if set_name == "A" else state.B).add(j)
+    state.result = None
+    return state
+
+
+def set_attack(state: ExplorerState, attack: str, budget: int | None = None) -> ExplorerState:
+    """Choose the attack (one of ``mlnb.presets.ATTACK_NAMES``) and its budget (``None``: the
+    attack's default from ``state.attack_params``)."""
+    check_choice("attack", attack, ATTACK_NAMES)
+    if budget is None:
+        budget = default_budget(attack, state.attack_params.get(attack))
+    check_positive("budget", budget, integer=True)
+    state.attack, state.budget, state.result = attack, int(budget), None
+    return state
+
+
+def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None, names: Sequence[str] | None = None,
+                    prefer_a: Sequence[str] = (), prefer_b: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+    """Fig. 2's target for one image: ``A`` = {a positive, a negative}, ``B`` = {another positive,
+    another negative}. ``y_row``: ``(L,)`` bool with at least two positives and two negatives.
+
+    The named ``prefer_a`` / ``prefer_b`` are used when all exist and match (one positive and one
+    negative each; the paper: A = {person, cow}, B = {bottle, sofa}). Otherwise, by clean score
+    ``scores_row`` ``(L,)`` (or the index order): A takes the most confident positive and the most
+    probable negative, B the next ones.
+
+    Introduced in notebooks/08_case_study.ipynb.
+    """
+    if y_row.dim() != 1 or y_row.dtype != torch.bool:
+        raise ValueError(f"y_row must be a 1-D bool tensor (L,), got {tuple(y_row.shape)} {y_row.dtype}")
+    pos = y_row.nonzero().flatten().tolist()
+    neg = (~y_row).nonzero().flatten().tolist()
+    if len(pos) < 2 or len(neg) < 2:
+        raise ValueError(f"the case study needs an image with >= 2 positive and >= 2 negative labels, "
+                         f"got {len(pos)} positive and {len(neg)} negative: pick another image")
+    if names is not None and prefer_a and prefer_b and set(prefer_a) | set(prefer_b) <= set(names):
+        a = [list(names).index(n) for n in prefer_a]
+        b = [list(names).index(n) for n in prefer_b]
+        if all(len(s) == 2 and sum(bool(y_row[j]) for j in s) == 1 for s in (a, b)):
+            return a, b
+    s = scores_row if scores_row is not None else -torch.arange(len(y_row), dtype=torch.float)
+    pos.sort(key=lambda j: -float(s[j]))
+    neg.sort(key=lambda j: -float(s[j]))
+    return [pos[0], neg[0]], [pos[1], neg[1]]
+
+
+def default_selection(state: ExplorerState, prefer_a: Sequence[str] = (), prefer_b: Sequence[str] = ()) -> ExplorerState:
+    """Tick the case-study target (:func:`case_study_sets`) for the current image."""
+    a, b = case_study_sets(state.y[state.index], state.scores[state.index], state.label_names, prefer_a, prefer_b)
+    state.A.clear()
+    state.B.clear()
+    for j in a:
+        toggle_label(state, j, "A")
+    for j in b:
+        toggle_label(state, j, "B")
+    return state
+
+
+def target_masks(state: ExplorerState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)``: ``(1, L)`` bool masks of the current selection."""
+    L = len(state.label_names)
+    A = torch.zeros(1, L, dtype=torch.bool, device=state.y.device)
+    B = torch.zeros_like(A)
+    A[0, sorted(state.A)] = True
+    B[0, sorted(state.B)] = True
+    return A, B
+
+
+def run_attack(state: ExplorerState, attacks: Mapping[str, Callable] | None = None) -> ExplorerResult:
+    """Run the chosen attack on the current image with the current ``A`` / ``B`` and budget; stores
+    and returns an :class:`ExplorerResult`. ``attacks``: name -> attack (default ``mlnb.attacks.ATTACKS``).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    if not state.A:
+        raise ValueError("A is empty: tick at least one label to flip (the paper requires A != {})")
+    if attacks is None:
+        from .attacks import ATTACKS as attacks
+    i = state.index
+    x, y = state.x[i:i + 1], state.y[i:i + 1]
+    A, B = target_masks(state)
+    params = budget_params(state.attack, state.budget, state.attack_params.get(state.attack))
+    gen = torch.Generator().manual_seed(state.seed)
+    res = attacks[state.attack](state.model, x, y, A, B, generator=gen, progress=False, **params)
+    r = (res.x_adv[0] - x[0]) * 255
+    state.result = ExplorerResult(
+        x=x[0], x_adv=res.x_adv[0].detach(), before=state.scores[i], after=res.scores[0].detach(),
+        A=tuple(sorted(state.A)), B=tuple(sorted(state.B)), success=bool(res.success[0]),
+        n_satisfied=int(res.n_satisfied[0]), rmsd=float(r.pow(2).mean().sqrt()), attack=state.attack,
+        params=params)
+    return state.result
+
+
+def describe(state: ExplorerState, result: ExplorerResult | None = None) -> str:
+    """One line on the selection and, if given, the outcome (plain text, for the status bar)."""
+    n = state.label_names
+    text = (f"image {state.index}: A = {{{', '.join(n[j] for j in sorted(state.A))}}}, "
+            f"B = {{{', '.join(n[j] for j in sorted(state.B))}}}, attack {state.attack}, budget {state.budget}")
+    if result is not None:
+        text += (f" -> {'success' if result.success else 'failure'}, {result.n_satisfied}/"
+                 f"{len(result.A) + len(result.B)} constraints, RMSD {result.rmsd:.2f}")
+    return text
+
+
+def render(state: ExplorerState, result: ExplorerResult | None = None):
+    """The explorer's figure (``mlnb.figures.explorer_view``) for the current image and ``result``."""
+    from .figures import explorer_view
+
+    i = state.index
+    return explorer_view(state.x[i], None if result is None else result.x_adv, state.label_names,
+                         state.scores[i], None if result is None else result.after, state.roles(),
+                         title=describe(state, result))
+
+
+def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = None):
+    """The ipywidgets app (a ``VBox``) wired to the handlers above; ``app.controls`` holds the
+    widgets (``image``, ``labels``, ``attack``, ``budget``, ``run``, ``status``, ``output``) so a
+    script or test can drive it (``app.controls["run"].click()``)."""
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    image = W.IntSlider(value=state.index, min=0, max=state.x.shape[0] - 1, description="image")
+    labels = {j: W.ToggleButtons(options=list(SETS), value=role, description=name,
+                                 style={"button_width": "32px"})
+              for j, (name, role) in enumerate(zip(state.label_names, state.roles()))}
+    attack = W.Dropdown(options=list(ATTACK_NAMES), value=state.attack, description="attack")
+    budget = W.IntSlider(value=state.budget, min=1, max=BUDGET_LIMITS["iter"][1], description="budget")
+    run = W.Button(description="Run", button_style="danger")
+    status = W.HTML()
+    output = W.Output()
+    busy = {"sync": False}
+
+    def sync(*_):
+        busy["sync"] = True
+        for j, role in enumerate(state.roles()):
+            labels[j].value = role
+        kind = "eps" if state.attack in EPS_ATTACKS else "iter"
+        budget.max = BUDGET_LIMITS[kind][1]
+        budget.value = state.budget
+        budget.description = "ε x 255" if kind == "eps" else "iterations"
+        status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
+        busy["sync"] = False
+        output.clear_output(wait=True)
+        with output:
+            fig = render(state, state.result)
+            display(fig)
+            plt.close(fig)
+
+    def on_label(j):
+        def handler(change):
+            if not busy["sync"]:
+                toggle_label(state, j, change["new"])
+                sync()
+        return handler
+
+    def on_run(_):
+        try:
+            run_attack(state, attacks)
+        except ValueError as err:
+            status.value = f"<b>cannot run:</b> {str(err).replace('<', '&lt;')}"
+            return
+        sync()
+
+    image.observe(lambda c: (select_image(state, c["new"]), sync()), names="value")
+    attack.observe(lambda c: (set_attack(state, c["new"]), sync()), names="value")
+    budget.observe(lambda c: None if busy["sync"] else (set_attack(state, state.attack, c["new"]), sync()),
+                   names="value")
+    for j, widget in labels.items():
+        widget.observe(on_label(j), names="value")
+    run.on_click(on_run)
+    app = W.VBox([W.HBox([image, attack, budget, run]), W.GridBox(list(labels.values()),
+                  layout=W.Layout(grid_template_columns="repeat(2, 1fr)")), status, output])
+    app.controls = {"image": image, "labels": labels, "attack": attack, "budget": budget, "run": run,
+                    "status": status, "output": output}
+    sync()
+    return app

@@ -1,0 +1,143 @@
+"""Unit tests of the explorer's handlers (no browser): label toggling, budgets, run_attack, render, app."""
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from mlnb import explorer as E
+
+pytestmark = pytest.mark.unit
+
+NAMES = ("person", "cow", "bottle", "sofa", "sheep")
+
+
+class Linear(nn.Module):
+    """A 5-label linear model on 3x4x4 images whose clean image is classified as y."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(5, 48, generator=g) * 0.5)
+        self.b = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.t() + self.b
+
+
+@pytest.fixture
+def state():
+    model = Linear().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 4, 4, generator=g) * 0.6 + 0.2
+    with torch.no_grad():
+        logits = model(x)
+        model.b -= logits.mean(0)  # centre so that each image has positives and negatives
+        y = model(x) > 0
+    params = {"ml_cw": {"lambda_init": 10.0, "n_search": 2, "max_iter": 20, "lr": 5e-2},
+              "rank2": {"lambda_init": 10.0, "n_search": 2, "max_iter": 20, "lr": 5e-2},
+              "fgs": {"eps_max": 20 / 255, "n_eps": 3}}
+    return E.make_state(model, x, y, NAMES, attack_params=params)
+
+
+def test_toggle_keeps_a_and_b_disjoint(state):
+    E.toggle_label(state, "person", "A")
+    E.toggle_label(state, 1, "A")
+    assert state.A == {0, 1} and not state.B
+    E.toggle_label(state, "person", "B")
+    assert state.A == {1} and state.B == {0}
+    E.toggle_label(state, "person", "B")  # second click: back to C
+    assert state.A == {1} and not state.B
+    E.toggle_label(state, "cow", "C")
+    assert not state.A and not state.B
+    for j, s in [(0, "A"), (0, "B"), (2, "B"), (2, "A"), (3, "A"), (3, "C"), (4, "B")]:
+        E.toggle_label(state, j, s)
+        assert not (state.A & state.B)
+    assert state.roles() == ["B", "C", "A", "C", "B"]
+    A, B = E.target_masks(state)
+    assert A[0].tolist() == [False, False, True, False, False] and B[0].tolist() == [True, False, False, False, True]
+    assert not (A & B).any()
+
+
+def test_bad_inputs_are_clear(state):
+    with pytest.raises(ValueError, match="set_name"):
+        E.toggle_label(state, 0, "D")
+    with pytest.raises(ValueError, match="unknown label name"):
+        E.toggle_label(state, "dragon", "A")
+    with pytest.raises(ValueError, match="image index"):
+        E.select_image(state, 3)
+    with pytest.raises(ValueError, match="attack"):
+        E.set_attack(state, "pgd")
+    with pytest.raises(ValueError, match="A is empty"):
+        E.run_attack(state)
+    with pytest.raises(ValueError, match="label_names"):
+        E.make_state(state.model, state.x, state.y, NAMES[:3])
+
+
+def test_select_image_clears_selection(state):
+    E.toggle_label(state, 0, "A")
+    E.select_image(state, 2)
+    assert state.index == 2 and not state.A and state.result is None
+
+
+def test_budget_params():
+    assert E.budget_params("fgs", 8, {"n_eps": 3}) == {"n_eps": 3, "eps_max": 8 / 255}
+    assert E.budget_params("ml_cw", 30, {"lr": 0.01, "max_iter": 100})["max_iter"] == 30
+    assert E.default_budget("fg", {"eps_max": 10 / 255}) == 10
+    with pytest.raises(ValueError, match="budget"):
+        E.budget_params("ml_cw", 0)
+
+
+def test_case_study_sets():
+    y = torch.tensor([True, False, True, False, False])
+    a, b = E.case_study_sets(y, names=NAMES, prefer_a=("person", "cow"), prefer_b=("bottle", "sofa"))
+    assert (a, b) == ([0, 1], [2, 3])
+    s = torch.tensor([0.9, 0.2, 0.7, 0.4, 0.1])
+    a, b = E.case_study_sets(y, s)
+    assert a == [0, 3] and b == [2, 1]
+    with pytest.raises(ValueError, match=">= 2 positive"):
+        E.case_study_sets(torch.tensor([True, False, False]))
+
+
+@pytest.mark.parametrize("attack", ["ml_cw", "rank2", "fgs"])
+def test_run_attack_on_tiny_model(state, attack):
+    E.select_image(state, 0)
+    pos = state.y[0].nonzero().flatten().tolist()
+    assert pos, "fixture: image 0 has a positive label"
+    E.toggle_label(state, pos[0], "A")  # hide one positive, keep the rest
+    for j in range(5):
+        if j != pos[0]:
+            E.toggle_label(state, j, "B")
+    E.set_attack(state, attack)
+    res = E.run_attack(state)
+    assert state.result is res
+    assert res.x_adv.shape == (3, 4, 4) and 0 <= res.x_adv.min() and res.x_adv.max() <= 1
+    assert res.before.shape == res.after.shape == (5,)
+    assert torch.allclose(res.after, torch.sigmoid(state.model(res.x_adv[None]))[0], atol=1e-5)
+    assert res.A == (pos[0],) and len(res.B) == 4 and 0 <= res.n_satisfied <= 5
+    assert res.rmsd >= 0
+    if attack == "ml_cw":  # an easy target on a linear model: ML-CW reaches it
+        assert res.success and res.after[pos[0]] < 0.5
+    else:  # Rank II orders labels rather than thresholding them; FGS is one step: at least it moves down
+        assert res.after[pos[0]] < res.before[pos[0]]
+    assert "A = {" in E.describe(state, res)
+
+
+def test_render_and_app_headless(state):
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    E.default_selection(state)
+    fig = E.render(state)
+    assert len(fig.axes) >= 2
+    plt.close(fig)
+    app = E.build_app(state)
+    c = app.controls
+    c["labels"][4].value = "A"  # a click on a label's toggle goes through toggle_label
+    assert 4 in state.A and 4 not in state.B
+    c["run"].click()
+    assert state.result is not None and "constraints" in c["status"].value
+    c["image"].value = 1
+    assert state.index == 1 and not state.A and all(w.value == "C" for w in c["labels"].values())
+    c["run"].click()  # A empty: reported in the status line, not raised
+    assert "cannot run" in c["status"].value
+    plt.close("all")
