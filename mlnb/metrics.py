@@ -223,6 +223,7 @@ def per_image_metrics(scores_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Te
     _check_scores(scores_adv, "scores_adv", probabilities=True)
     _check_like(y, "y", scores_adv, "scores_adv")
     check_images(x, "x")
+    check_images(x_adv, "x_adv")
     check_same_rows(x=x, x_adv=x_adv, y=y)
     y_star = y ^ A
     pred = scores_adv >= THRESHOLD
