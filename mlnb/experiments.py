@@ -1,0 +1,405 @@
+"""The experiment runner of Sec. IV-E to IV-G: Tables IV and V, resumable and shardable.
+
+    python -m mlnb.experiments --preset smoke --attacks ml_cw,rank2 --strategies random,extreme --out DIR
+    torchrun --nproc_per_node=2 -m mlnb.experiments --preset smoke ...      # same table, two processes
+
+Steps (Sec. IV-E): the attack set ``X`` = test images whose *every* label the model classifies
+correctly at threshold 0.5; for each strategy, the images of ``X`` it applies to (the generator's
+``eligible`` mask); ``N`` of them drawn with a ``torch.Generator`` seeded from ``(seed, data set,
+strategy)``, so the images and targets depend on the seed only (never on the attacks asked for or
+on the number of processes); each attack run on fixed chunks of ``attack_batch_size`` images (sorted
+by data-set index; chunk ``k`` goes to rank ``k mod world_size`` and draws its random starts from a
+generator seeded by ``(seed, data set, attack, strategy, k)``); per-image metrics
+(:func:`mlnb.metrics.per_image_metrics`) appended to a :class:`mlnb.store.ResultStore` after every
+chunk; and the table, aggregated in data-set index order from what is on disk.
+
+**Distortion control** (Sec. IV-D, "we control the upper bound of the RMSD to search the best
+perturbations"): with ``max_rmsd`` set (0-255 scale), each attack first searches its best
+perturbation ``r = x_adv - x`` as usual; a perturbation whose RMSD exceeds the bound is then
+*projected onto the bound*, ``r <- r * max_rmsd / RMSD(r)`` (``x + r`` stays in ``[0, 1]``: it lies
+between ``x`` and the attack's ``x_adv``), and the model re-scores it. So every method is compared
+at the same distortion budget, keeps its own direction, and is never charged more than the bound; a
+projected image counts as a success only if its re-scored labels still meet the target. Each
+record keeps ``rmsd_raw`` (before projection) and ``projected``.
+
+``success`` in the records is the classification target met on ``A ∪ B`` (``h(x_adv) = y*``),
+computed the same way for every attack; ``attack_success`` is the attack's own flag.
+
+On a GPU out-of-memory error a chunk is split in halves and retried (down to one image);
+the halves draw fresh generators, so document such runs as not bit-identical.
+
+Introduced in notebooks/06_general_attacks.ipynb.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .labels import STRATEGIES, make_target
+from .presets import ATTACK_NAMES, Preset, get_preset
+from .store import ResultStore, run_key
+from .utils import param_hash, resolve_device, atomic_write_text
+from .validate import check_choice, check_positive
+
+GENERAL = ("random", "extreme")
+LABEL_SPECIFIED = ("reduce", "augment")
+METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
+COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",
+           "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}
+HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
+                    "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True}
+
+
+def derive_seed(*parts) -> int:
+    """A 62-bit seed from any printable parts (stable across processes and platforms)."""
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def _generator(*parts) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+# ----------------------------------------------------------------------------- attack set and targets
+def attack_set(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly,
+    ``(scores >= 0.5) == y`` on all ``L`` labels. ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool."""
+    return ((scores >= 0.5) == y).all(1).nonzero().flatten()
+
+
+def draw_targets(y: torch.Tensor, candidates: torch.Tensor, strategy: str, n: int, *, seed: int,
+                 dataset: str = "", label=None, names=None):
+    """Draw ``n`` images of ``candidates`` (indices into ``y``) eligible for ``strategy``, and their targets.
+
+    Returns ``(idx (n',), A (n', L), B (n', L), n_eligible)`` with ``idx`` sorted ascending and
+    ``n' = min(n, n_eligible)``. The draw (a permutation of the eligible images, first ``n`` kept) and
+    the random-case labels come from generators seeded by ``(seed, dataset, strategy)`` only.
+    """
+    yc = y[candidates]
+    target = make_target(strategy, yc, label=label, names=names, generator=_generator(seed, dataset, strategy, "target"))
+    eligible = target.eligible.nonzero().flatten()
+    perm = torch.randperm(len(eligible), generator=_generator(seed, dataset, strategy, "draw"))
+    pick = eligible[perm[:n]].sort().values
+    return candidates[pick], target.A[pick], target.B[pick], int(len(eligible))
+
+
+def project_rmsd(x: torch.Tensor, x_adv: torch.Tensor, max_rmsd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project each perturbation onto the RMSD ball of radius ``max_rmsd`` (0-255 scale, Sec. IV-D).
+
+    ``x``, ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``. Returns ``(x_proj (N, C, H, W), projected (N,) bool)``;
+    ``r <- r * min(1, max_rmsd / RMSD(r))``, unchanged where the bound already holds.
+    """
+    r = x_adv - x
+    rmsd = (r * 255.0).flatten(1).pow(2).mean(1).sqrt()
+    projected = rmsd > max_rmsd
+    scale = torch.where(projected, max_rmsd / rmsd.clamp(min=1e-12), torch.ones_like(rmsd))
+    return (x + r * scale.view(-1, 1, 1, 1)).clamp(0.0, 1.0), projected
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+def dist_context(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """``(rank, world_size, device, initialised_here)``: joins the ``torchrun`` process group when
+    ``WORLD_SIZE > 1`` (``nccl`` for GPU tensors, ``gloo`` on CPU); one process otherwise."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, False
+    if device.type != "cpu":
+        device = torch.device(device.type, int(os.environ.get("LOCAL_RANK", "0")))
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo" if device.type == "cpu" else "nccl")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- running one chunk
+def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd):
+    """Attack one chunk (splitting it on out-of-memory); returns the per-image record fields."""
+    from .metrics import per_image_metrics
+
+    try:
+        res = fn(model, x, y, A, B, generator=_generator(*seed_parts), progress=False, **params)
+    except torch.OutOfMemoryError:
+        if x.shape[0] <= 1:
+            raise
+        acc = getattr(torch, x.device.type, None)
+        if acc is not None and hasattr(acc, "empty_cache"):
+            acc.empty_cache()
+        h = x.shape[0] // 2
+        return (_run_chunk(fn, model, x[:h], y[:h], A[:h], B[:h], params, (*seed_parts, "a"), max_rmsd)
+                + _run_chunk(fn, model, x[h:], y[h:], A[h:], B[h:], params, (*seed_parts, "b"), max_rmsd))
+    x_adv, scores = res.x_adv.detach(), res.scores.detach()
+    rmsd_raw = (x_adv - x).mul(255.0).flatten(1).pow(2).mean(1).sqrt()
+    projected = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if max_rmsd is not None:
+        x_adv, projected = project_rmsd(x, x_adv, max_rmsd)
+        if projected.any():
+            with torch.no_grad():
+                rescored = torch.sigmoid(model(x_adv[projected]))
+            scores = scores.clone()
+            scores[projected] = rescored.to(scores.dtype)
+    per = per_image_metrics(scores, x, x_adv, y, A, B)
+    pred, y_star = scores >= 0.5, y ^ A
+    ok = ((pred == y_star) | ~(A | B)).all(1)
+    cols = {**per, "success": ok, "attack_success": res.success, "n_satisfied": res.n_satisfied,
+            "iterations": res.iterations, "param": res.param, "attack_kendall_tau": res.kendall_tau,
+            "projected": projected, "rmsd_raw": rmsd_raw, "scores_adv": scores}
+    cols = {k: torch.as_tensor(v).detach().cpu().tolist() for k, v in cols.items()}
+    return [{k: v[i] for k, v in cols.items()} for i in range(x.shape[0])]
+
+
+# ----------------------------------------------------------------------------- the runner
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` returns.
+
+    ``table``: the paper's table, index ``(dataset, strategy, attack)``, columns :data:`COLUMNS`
+    (means over images, NaN-aware); ``records``: one row per (dataset, strategy, attack, image);
+    ``attack_set_size`` ``{dataset: |X|}``; ``eligible`` ``{(dataset, strategy): eligible images in X}``.
+    """
+
+    table: pd.DataFrame
+    records: pd.DataFrame
+    attack_set_size: dict = field(default_factory=dict)
+    eligible: dict = field(default_factory=dict)
+    label_names: dict = field(default_factory=dict)
+    store_root: Path | None = None
+
+
+def _names(value, valid, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError(f"no {what} given: choose from {', '.join(valid)}")
+    for v in items:
+        check_choice(what, v, valid)
+    return items
+
+
+def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world: int):
+    """Target model and test set (rank 0 trains / caches the model first, the others then load it)."""
+    from .data import load_dataset
+    from .training import get_target_model
+
+    if rank != 0:
+        _barrier(world)
+    model, info = get_target_model(preset, device=device, progress=progress and rank == 0)
+    if rank == 0:
+        _barrier(world)
+    ds = load_dataset(dataset, "test", n_examples=preset.n_test, image_size=preset.image_size)
+    model_id = str(info.get("model_id") or info.get("hash") or info.get("path", preset.backbone)) \
+        if isinstance(info, dict) else preset.backbone
+    return model.eval(), ds, Path(model_id).stem
+
+
+def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERAL, *, out_dir: str | Path,
+                   seed: int = 0, device: str | torch.device = "auto", n: int | dict | None = None,
+                   max_rmsd: float | None = ..., params: dict | None = None, batch_size: int | None = None,
+                   progress: bool = True) -> ExperimentResult:
+    """Run ``attacks`` x ``strategies`` on the preset's target model(s); resumable and shardable.
+
+    Args:
+        preset: a name of :data:`mlnb.presets.PRESETS` or a :class:`Preset`.
+        attacks / strategies: names (list or comma-separated); strategies of :data:`mlnb.labels.STRATEGIES`
+            (``reduce`` / ``augment`` use ``preset.reduce_label`` / ``preset.augment_label``).
+        out_dir: the store root; per-image results go to ``out_dir/<run key>/`` (see :mod:`mlnb.store`).
+        seed: fixes the images drawn, the random-case targets and the attacks' random starts.
+        n: images per strategy (int, or ``{strategy: int}``); default ``preset.n_general`` for the
+            general strategies and ``preset.n_label_specified`` for the others.
+        max_rmsd: RMSD bound (0-255) with the projection rule of the module docstring; default the preset's.
+        params: ``{attack: {keyword: value}}`` overriding ``preset.attack_params(attack)``.
+        batch_size: images per chunk (default ``preset.attack_batch_size``); part of the run key, since
+            chunks fix the random starts.
+
+    Images ``x`` ``(N, C, H, W)`` in ``[0, 1]`` and masks ``(N, L)`` bool follow ``docs/ARCHITECTURE.md``.
+    Under ``torchrun`` every rank calls this; all ranks return the same result.
+    """
+    from .attacks import ATTACKS
+    from .models import predict_scores
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    attacks, strategies = _names(attacks, ATTACK_NAMES, "attack"), _names(strategies, STRATEGIES, "strategy")
+    datasets = preset.datasets[:1]  # the data set get_target_model trains on
+    max_rmsd = preset.max_rmsd if max_rmsd is ... else max_rmsd
+    if max_rmsd is not None:
+        check_positive("max_rmsd", max_rmsd)
+    params = params or {}
+    for a in params:
+        check_choice("attack in params", a, ATTACK_NAMES)
+    rank, world, dev, created = dist_context(resolve_device(device))
+    store_root = Path(out_dir)
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
+    bs = int(batch_size or preset.attack_batch_size)
+    rows, sizes, eligible, label_names, stores = [], {}, {}, {}, []
+    try:
+        for dataset in datasets:
+            model, ds, model_id = _load(preset, dataset, dev, progress, rank, world)
+            y_all = ds.labels
+            with torch.no_grad():
+                scores_all = predict_scores(model, ds, batch_size=max(bs, 64)).detach().cpu()
+            X = attack_set(scores_all, y_all)
+            sizes[dataset], label_names[dataset] = int(len(X)), ds.label_names
+            for strategy in strategies:
+                label = {"reduce": preset.reduce_label, "augment": preset.augment_label}.get(strategy)
+                n_s = n.get(strategy) if isinstance(n, dict) else n
+                n_s = int(n_s if n_s is not None else (preset.n_general if strategy in GENERAL else preset.n_label_specified))
+                idx, A, B, n_el = draw_targets(y_all, X, strategy, n_s, seed=seed, dataset=dataset,
+                                               label=label, names=ds.label_names)
+                eligible[(dataset, strategy)] = n_el
+                chunks = [list(range(i, min(i + bs, len(idx)))) for i in range(0, len(idx), bs)]
+                for attack in attacks:
+                    p = {**preset.attack_params(attack), **params.get(attack, {})}
+                    key = run_key(preset=preset.name, dataset=dataset, model=model_id, attack=attack, strategy=strategy,
+                                  params_hash=param_hash({"attack": attack, "params": p, "max_rmsd": max_rmsd,
+                                                          "seed": seed, "n": n_s, "batch_size": bs, "label": label,
+                                                          "n_test": preset.n_test, "image_size": preset.image_size}))
+                    store = ResultStore(store_root, key, rank=rank)
+                    stores.append(store)
+                    done = store.done()
+                    mine = [(k, c) for k, c in enumerate(chunks) if k % world == rank
+                            and not {int(idx[i]) for i in c} <= done]
+                    bar = _bar(mine, progress and rank == 0, f"{attack}/{strategy}")
+                    for k, c in bar:
+                        ii = idx[c]
+                        x, y = ds.tensors(ii)
+                        x, y, a, b = x.to(dev), y.to(dev), A[c].to(dev), B[c].to(dev)
+                        recs = _run_chunk(ATTACKS[attack], model, x, y, a, b, p,
+                                          (seed, dataset, attack, strategy, k), max_rmsd)
+                        for i, r, a_row in zip(ii.tolist(), recs, A[c]):
+                            r.update(index=i, image_id=ds.ids[i], dataset=dataset, strategy=strategy, attack=attack,
+                                     label=label, A=a_row.nonzero().flatten().tolist(),
+                                     scores_clean=scores_all[i].tolist())
+                        store.append(recs)
+                    rows.append((store, dataset, strategy, attack, idx.tolist()))
+        _barrier(world)
+        if rank == 0:
+            for store in stores:
+                store.merge()
+        _barrier(world)
+        records = []
+        for store, dataset, strategy, attack, idx in rows:
+            store.reload()
+            records.extend(store.records(idx))
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    frame = records_frame(records)
+    return ExperimentResult(aggregate(frame, strategies, attacks), frame, sizes, eligible, label_names, store_root)
+
+
+def _bar(items, enabled: bool, desc: str):
+    if not enabled or not items:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------------------------- tables
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-image records -> a DataFrame (missing / null metrics as NaN); adds ``p_clean`` / ``p_adv``,
+    the target label's probability before / after the attack when ``|A| = 1`` (Fig. 1)."""
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return frame
+    for k in METRIC_KEYS + ("rmsd_raw", "param", "attack_kendall_tau"):
+        if k in frame:
+            frame[k] = pd.to_numeric(frame[k], errors="coerce").astype(float)
+    single = frame["A"].map(len) == 1
+    first = frame["A"].map(lambda a: a[0] if len(a) else -1)
+    frame["p_clean"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_clean"], first, single)]
+    frame["p_adv"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_adv"], first, single)]
+    return frame
+
+
+def aggregate(frame: pd.DataFrame, strategies=None, attacks=None) -> pd.DataFrame:
+    """The paper's table (IV or V): mean per-image metrics, index ``(dataset, strategy, attack)`` in the
+    order given (else the paper's), columns ``RMSD, Hamming(A), Hamming(B), F1, Ranking loss, mAP, AUC,
+    Kendall tau-b``. Means skip NaN (``Hamming(B)`` with ``B = ∅`` is NaN, the paper's "N.A.")."""
+    cols = list(COLUMNS.values())
+    if frame.empty:
+        return pd.DataFrame(columns=cols, index=pd.MultiIndex.from_tuples([], names=["dataset", "strategy", "attack"]))
+    frame = frame.sort_values(["dataset", "strategy", "attack", "index"], kind="stable")
+    table = frame.groupby(["dataset", "strategy", "attack"], sort=False)[list(METRIC_KEYS)].mean()
+    table = table.rename(columns=COLUMNS)[cols]
+    s_order = list(strategies or STRATEGIES)
+    a_order = list(attacks or ATTACK_NAMES)
+    order = sorted(table.index, key=lambda t: (t[0], s_order.index(t[1]), a_order.index(t[2])))
+    return table.loc[order]
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, strategy, attack): images, success rate (target met on ``A ∪ B``) and fraction projected."""
+    g = frame.groupby(["dataset", "strategy", "attack"], sort=False)
+    return pd.DataFrame({"images": g.size(), "success_rate": g["success"].mean(),
+                         "projected": g["projected"].mean()})
+
+
+# ----------------------------------------------------------------------------- command line
+def _parse_params(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        attack, _, kw = name.partition(".")
+        if not kw or not _:
+            raise ValueError(f"--param {item!r}: write ATTACK.KEYWORD=VALUE, e.g. ml_cw.max_iter=20")
+        check_choice("attack in --param", attack, ATTACK_NAMES)
+        try:
+            val = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            val = value
+        out.setdefault(attack, {})[kw] = val
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlnb.experiments``: run, write ``<out>/table.csv`` and print the table (rank 0)."""
+    ap = argparse.ArgumentParser(prog="python -m mlnb.experiments", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Runs under `torchrun --nproc_per_node=K -m mlnb.experiments ...` "
+                                        "unchanged; the results are identical. Rerunning skips finished images.")
+    ap.add_argument("--preset", default="default", help="smoke, default or paper (default: %(default)s)")
+    ap.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="comma-separated (default: all six)")
+    ap.add_argument("--strategies", default="random,extreme", help="comma-separated: random, extreme, reduce, augment")
+    ap.add_argument("--out", default="results/experiments", help="output folder (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu or an accelerator name")
+    ap.add_argument("--n", type=int, default=None, help="images per strategy (default: the preset's)")
+    ap.add_argument("--batch-size", type=int, default=None, help="images per chunk (default: the preset's)")
+    ap.add_argument("--max-rmsd", type=float, default=None, help="RMSD bound, 0-255 scale (default: the preset's)")
+    ap.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                    help="override an attack parameter, e.g. ml_cw.max_iter=20 (repeatable)")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    res = run_experiment(args.preset, args.attacks, args.strategies, out_dir=out / "runs", seed=args.seed,
+                         device=args.device, n=args.n, params=_parse_params(args.param), batch_size=args.batch_size,
+                         max_rmsd=... if args.max_rmsd is None else args.max_rmsd, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(out / "table.csv", res.table.to_csv())
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(res.table.round(4).to_string())
+        print(f"table written to {out / 'table.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
