@@ -1,0 +1,126 @@
+"""Loss terms of the attacks against values computed by hand (mlnb.attack_losses)."""
+import math
+
+import pytest
+import torch
+
+from mlnb.attack_core import rank_masks
+from mlnb.attack_losses import (cw_hinge, kendall_tau_b, n_satisfied, rank_loss, rank_terms, satisfied)
+from mlnb.labels import kendall_criterion
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-off cost on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+E = math.exp
+RANK1 = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])
+RANK2 = torch.ones(5)
+
+
+def _b(*rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def _terms(probs, y, A, B, omega_zero="C", **kw):
+    m = rank_masks(y, A, B, omega_zero)
+    return rank_terms(probs, m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], **kw)
+
+
+def test_paper_counter_example_rank1_zero_rank2_not():
+    # Sec. III-C2: labels [-1, 1, 1], target [-1, -1, 1], scores [0.01, 0.98, 0.99]
+    y = _b([False, True, True])
+    A = _b([False, True, False])  # label 1 flips 1 -> -1
+    B = ~A
+    probs = torch.tensor([[0.01, 0.98, 0.99]])
+    t = _terms(probs, y, A, B)
+    assert rank_loss(t, RANK1).item() == 0.0  # Rank I suffers no loss: max_{Ω-} 0.98 < min_{Ω+} 0.99
+    # Rank II's first Eq. (10) term: A1 = {1} must rank below B-1 = {0}
+    assert t[0, 3].item() == pytest.approx(E(0.98) - E(0.01), rel=1e-6)
+    assert t[0, 4].item() == 0.0  # A-1 is empty: the second term is nonexistent
+    assert rank_loss(t, RANK2).item() == pytest.approx(E(0.98) - E(0.01), rel=1e-6)
+
+
+def test_rank_terms_by_hand():
+    # y = [1, 0, 1, 0, 1], A = {0, 1}, B = {2, 3}, C = {4}
+    y = _b([True, False, True, False, True])
+    A = _b([True, True, False, False, False])
+    B = _b([False, False, True, True, False])
+    p = torch.tensor([[0.9, 0.2, 0.6, 0.3, 0.5]])
+    # Ω- = A1 ∪ B-1 = {0, 3}; Ω+ = A-1 ∪ B1 = {1, 2}; Ω◦ = C = {4}
+    t = _terms(p, y, A, B)[0]
+    assert t[0].item() == pytest.approx(E(0.9) - E(0.2), rel=1e-6)
+    assert t[1].item() == pytest.approx(E(0.9) - E(0.5), rel=1e-6)
+    assert t[2].item() == pytest.approx(E(0.5) - E(0.2), rel=1e-6)
+    assert t[3].item() == pytest.approx(E(0.9) - E(0.3), rel=1e-6)  # A1={0} vs B-1={3}
+    assert t[4].item() == pytest.approx(max(0, E(0.6) - E(0.2)), rel=1e-6)  # B1={2} vs A-1={1}
+    # pairwise (Eq. 8): mean over Ω- x Ω+ = {(0,1), (0,2), (3,1), (3,2)}
+    tp = _terms(p, y, A, B, pairwise=True)[0]
+    pairs = [E(0.9) - E(0.2), E(0.9) - E(0.6), E(0.3) - E(0.2), max(0, E(0.3) - E(0.6))]
+    assert tp[0].item() == pytest.approx(sum(pairs) / 4, rel=1e-6)
+    # hard threshold replaces f_γ by 0.5: Ω- above 0.5 and Ω+ below 0.5 are penalised
+    th = _terms(p, y, A, B, threshold=0.5)[0]
+    assert th[1].item() == pytest.approx(E(0.9) - E(0.5), rel=1e-6)
+    assert th[2].item() == pytest.approx(E(0.5) - E(0.2), rel=1e-6)
+    # Ω◦ = C1 = {4}; Ω◦ = empty: the last two Eq. (9) terms vanish
+    te = _terms(p, y, A, B, omega_zero="empty")[0]
+    assert te[1].item() == 0.0 and te[2].item() == 0.0 and te[0].item() > 0
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_empty_sets_contribute_zero_with_finite_grads(pairwise):
+    # extreme case: A = L, B = ∅ -> B-1, B1, C empty; and an image whose labels are all positive
+    y = _b([True, True, True], [True, False, False])
+    A = torch.ones_like(y)
+    B = torch.zeros_like(y)
+    p = torch.tensor([[0.7, 0.8, 0.9], [0.9, 0.6, 0.7]], requires_grad=True)
+    t = _terms(p, y, A, B, pairwise=pairwise)
+    assert torch.isfinite(t).all()
+    assert t[0].eq(0).all()  # first image: Ω+ = ∅, Ω◦ = ∅, B-1 = ∅, A-1 = ∅ -> every term 0
+    # second image: Ω- = A1 = {0}, Ω+ = A-1 = {1, 2}: 0.9 above 0.6 is penalised
+    assert t[1, 0] > 0
+    rank_loss(t, RANK2).sum().backward()
+    assert torch.isfinite(p.grad).all()
+    assert p.grad[0].eq(0).all()
+
+
+def test_cw_hinge_by_hand():
+    y = _b([True, False, True])
+    A = _b([True, False, False])
+    B = _b([False, True, False])
+    target, ab = y ^ A, A | B
+    p = torch.tensor([[0.8, 0.6, 0.1]])
+    # label 0 must drop below 0.5 (0.8 -> 0.3 over), label 1 must stay below (0.6 -> 0.1 over); 2 in C
+    assert cw_hinge(p, target, ab).item() == pytest.approx(0.3 + 0.1)
+    assert cw_hinge(p, target, ab, kappa=0.05).item() == pytest.approx(0.35 + 0.15)
+    assert n_satisfied(p, target, ab).item() == 0
+    q = torch.tensor([[0.5, 0.49, 0.9]])  # 0.5 counts as positive
+    assert satisfied(q, target, ab).tolist() == [[False, True, False]]
+
+
+def test_kendall_tau_b_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(6, 7, generator=g)
+    s[0, :3] = 0.5  # ties in the scores
+    t = torch.randint(-2, 3, (6, 7), generator=g)
+    got = kendall_tau_b(s, t)
+    for i in range(6):
+        want = scipy_stats.kendalltau(s[i].numpy(), t[i].numpy()).statistic
+        assert got[i].item() == pytest.approx(want, abs=1e-6)
+    assert torch.isnan(kendall_tau_b(s[:1], torch.zeros(1, 7))).all()
+
+
+def test_kendall_criterion_order_perfect():
+    y = _b([True, False, True, False, True])
+    A = _b([True, True, False, False, False])
+    B = _b([False, False, True, True, False])
+    yt = kendall_criterion(y, A, B)  # A1 -2, A-1 2, B1 1, B-1 -1, C 0
+    assert yt.tolist() == [[-2, 2, 1, -1, 0]]
+    assert kendall_tau_b(yt.float(), yt).item() == pytest.approx(1.0)
