@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/experiments", help="output folder (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu or an accelerator name")
-    ap.add_argument("--n", type=int, default=None, help="images per strategy (default: the preset's)")
+    ap.add_argument("--n-images", type=int, default=None, help="images per strategy (default: the preset's)")
     ap.add_argument("--batch-size", type=int, default=None, help="images per chunk (default: the preset's)")
     ap.add_argument("--max-rmsd", type=float, default=None, help="RMSD bound, 0-255 scale (default: the preset's)")
     ap.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     res = run_experiment(args.preset, args.attacks, args.strategies, out_dir=out / "runs", seed=args.seed,
-                         device=args.device, n=args.n, params=_parse_params(args.param), batch_size=args.batch_size,
+                         device=args.device, n=args.n_images, params=_parse_params(args.param), batch_size=args.batch_size,
                          max_rmsd=... if args.max_rmsd is None else args.max_rmsd, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_text(out / "table.csv", res.table.to_csv())
