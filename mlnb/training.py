@@ -1,0 +1,239 @@
+"""Training the target model with the paper's loss (Eq. 12), checkpoints and the cached default model.
+
+Eq. 12 (Sec. IV-B) combines the instance-wise BPMLL ranking term, weighted by ``λ``, with the
+label-wise AUC term over the images of a batch:
+
+.. math::
+
+    J = \\frac{λ}{n}\\sum_i \\frac{1}{|Y^+_{i·}||Y^-_{i·}|}\\sum_{(p,q) ∈ Y^+_{i·}×Y^-_{i·}} e^{f_q(x_i) - f_p(x_i)}
+      + \\frac{1}{l}\\sum_j \\frac{1}{|Y^+_{·j}||Y^-_{·j}|}\\sum_{(p,q) ∈ Y^+_{·j}×Y^-_{·j}} e^{f_j(x_q) - f_j(x_p)}
+
+**f is the sigmoid probability** (``scores="probability"``, the default): the paper's predictor
+F is "a neural network with sigmoid output layer" thresholded at 0.5 (Sec. III-B, Eq. 3b).
+Pushing every positive-negative gap of ``f ∈ [0, 1]`` towards 1 drives positives to 1 and
+negatives to 0, so the 0.5 threshold of Eq. 3b is meaningful without a separate calibration,
+and the exponentials stay in ``[e^-1, e]``. On logits (``scores="logit"``) Eq. 12 is invariant to
+adding a constant to every logit, so it fixes the ranking but not where 0.5 falls.
+
+Introduced in notebooks/01_target_model.ipynb.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .models import AUX_WEIGHT, build_model, predict_scores
+from .utils import data_root, param_hash
+from .validate import check_choice, check_label_matrix, check_positive
+
+LOSSES = ("eq12", "bce")
+SCORE_KINDS = ("probability", "logit")
+CHECKPOINT_FORMAT = 1
+META_KEYS = ("backbone", "num_labels", "image_size", "label_names")
+
+
+def _pair_term(f: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Per row of ``f`` ``(R, M)``: ``mean_{p pos, q neg} exp(f_q - f_p)``, ``(R,)``; 0 for rows
+    without both a positive and a negative. The double sum factorises into
+    ``(Σ_q e^{f_q}) (Σ_p e^{-f_p})``, computed as a stable log-sum-exp over masks."""
+    neg = ~pos
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    valid = (n_pos > 0) & (n_neg > 0)
+    # rows that are not valid get a dummy all-True mask so log-sum-exp stays finite (and is zeroed)
+    pos_m, neg_m = pos | ~valid[:, None], neg | ~valid[:, None]
+    lse_neg = torch.logsumexp(f.masked_fill(~neg_m, float("-inf")), dim=1)
+    lse_pos = torch.logsumexp((-f).masked_fill(~pos_m, float("-inf")), dim=1)
+    log_count = torch.log(n_pos.clamp_min(1).to(f.dtype)) + torch.log(n_neg.clamp_min(1).to(f.dtype))
+    return torch.where(valid, torch.exp(lse_neg + lse_pos - log_count), torch.zeros_like(lse_neg))
+
+
+def eq12_loss(logits: torch.Tensor, y: torch.Tensor, lam: float = 0.5, scores: str = "probability") -> torch.Tensor:
+    """The paper's training loss, Eq. 12 (Sec. IV-B): a scalar.
+
+    ``logits`` ``(n, l)``, ``y`` ``(n, l)`` bool. ``f = sigmoid(logits)`` (default) or the logits
+    themselves (``scores="logit"``). Instance term: mean over the ``n`` rows (a row without both a
+    positive and a negative label adds 0), weighted ``lam``; label term: mean over the ``l``
+    columns of the batch (a column without both a positive and a negative image adds 0).
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    check_label_matrix(y, "y", num_labels=logits.shape[-1])
+    check_choice("scores", scores, SCORE_KINDS)
+    if logits.shape != y.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must have the same shape")
+    f = torch.sigmoid(logits) if scores == "probability" else logits
+    return lam * _pair_term(f, y).mean() + _pair_term(f.t(), y.t()).mean()
+
+
+def _loss(out, y: torch.Tensor, loss: str, lam: float) -> torch.Tensor:
+    if isinstance(out, tuple):  # Inception-v3 in train mode: (logits, aux_logits)
+        return _loss(out[0], y, loss, lam) + AUX_WEIGHT * _loss(out[1], y, loss, lam)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, y.to(out.dtype))
+    return eq12_loss(out, y, lam)
+
+
+def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
+                loss: str = "eq12", lam: float = 0.5, max_seconds: float | None = None,
+                weight_decay: float = 1e-4, augment: bool = True, generator: torch.Generator | None = None,
+                progress: bool = True, device=None) -> dict:
+    """Train ``model`` on ``train_set`` (a :class:`mlnb.data.MultiLabelDataset`) with Adam and a cosine
+    learning-rate schedule; random horizontal flips when ``augment``. ``loss="eq12"`` (Eq. 12 with
+    weight ``lam``) or ``"bce"``. Stops early after ``max_seconds``. Leaves the model in eval mode.
+
+    Returns a history dict: ``loss`` (mean per epoch), ``epochs_run``, ``steps``, ``train_seconds``
+    (wall clock), ``train_cpu_seconds`` (process CPU time, all threads), ``threads``, ``stopped_early``.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    check_choice("loss", loss, LOSSES)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        check_positive(name, v, integer=True)
+    check_positive("lr", lr)
+    check_positive("lam", lam, allow_zero=True)
+    if max_seconds is not None:
+        check_positive("max_seconds", max_seconds)
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty: pass at least one training image")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    history = {"loss": [], "epochs_run": 0, "steps": 0, "stopped_early": False}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(total=total, disable=not progress, desc="training")
+    model.train()
+    for _ in range(epochs):
+        order, running = torch.randperm(len(train_set), generator=gen), []
+        for k in range(steps_per_epoch):
+            x, y = train_set.tensors(order[k * batch_size:(k + 1) * batch_size])
+            if augment:
+                flip = torch.rand(x.shape[0], generator=gen) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x, y = x.to(device), y.to(device)
+            value = _loss(model(x), y, loss, lam)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            sched.step()
+            running.append(float(value.detach()))
+            history["steps"] += 1
+            bar.update(1)
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                history["stopped_early"] = True
+                break
+        history["loss"].append(sum(running) / len(running))
+        history["epochs_run"] += 1
+        bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
+        if history["stopped_early"]:
+            break
+    bar.close()
+    history["train_seconds"] = time.perf_counter() - start
+    history["train_cpu_seconds"] = time.process_time() - cpu_start  # all threads; / threads ~ idle-machine wall
+    history["threads"] = torch.get_num_threads()
+    model.eval()
+    return history
+
+
+def save_model(model: torch.nn.Module, path: str | Path, meta: dict) -> Path:
+    """Write ``{"format", "state_dict", "meta"}`` atomically; ``meta`` needs ``backbone``,
+    ``num_labels``, ``image_size`` and ``label_names`` (plain JSON-like values only).
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"meta lacks {missing}: pass backbone, num_labels, image_size and label_names")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "meta": dict(meta),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: str | Path, device=None, expect: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Load a checkpoint written by :func:`save_model` (``torch.load(weights_only=True)``).
+
+    Returns ``(model in eval mode, meta)``. Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` for a corrupted file, a state dict that does not fit its meta, or meta values
+    that differ from ``expect`` (e.g. ``{"num_labels": 10}``).
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with train_model + save_model")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is corrupted or not an mlnb checkpoint ({type(err).__name__}: "
+                         f"{err}): delete it and retrain") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
+        raise ValueError(f"{path} is not an mlnb checkpoint (format {CHECKPOINT_FORMAT}): delete it and retrain")
+    meta = payload.get("meta", {})
+    for key, want in (expect or {}).items():
+        if meta.get(key) != want:
+            raise ValueError(f"checkpoint {path} has {key}={meta.get(key)!r} but {want!r} was expected: "
+                             f"retrain (retrain=True) or pass the matching setting")
+    model = build_model(meta["backbone"], meta["num_labels"], pretrained=False, image_size=meta["image_size"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not fit a {meta['backbone']} with {meta['num_labels']} labels: "
+                         f"{str(err).splitlines()[0]} -- delete it and retrain") from err
+    if device is not None:
+        model.to(device)
+    return model.eval(), meta
+
+
+def get_target_model(preset, device=None, retrain: bool = False, progress: bool = True):
+    """The target model of a preset (name or :class:`mlnb.presets.Preset`), trained once and cached
+    under ``data_root()/models/<preset>-<hash>.pt`` (the hash covers data, model and training settings).
+
+    Returns ``(model in eval mode, info)``; ``info`` holds ``path``, ``cached``, ``train_seconds``,
+    ``history`` and ``test_metrics`` (Table III on ``preset.n_test`` held-out images).
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    from .data import load_dataset
+    from .metrics import model_quality
+    from .presets import get_preset
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    dataset = preset.datasets[0]
+    key = {"dataset": dataset, "image_size": preset.image_size, "backbone": preset.backbone,
+           "pretrained": preset.pretrained, "n_train": preset.n_train, "n_test": preset.n_test,
+           "train": preset.train, "seed": 0, "format": CHECKPOINT_FORMAT}
+    path = data_root() / "models" / f"{preset.name}-{param_hash(key)}.pt"
+    if path.is_file() and not retrain:
+        model, meta = load_model(path, device=device, expect={"backbone": preset.backbone,
+                                                              "image_size": preset.image_size})
+        return model, {**meta, "path": str(path), "cached": True}
+    train_split = "trainval" if dataset == "voc2007" else "train"
+    train_set = load_dataset(dataset, train_split, preset.n_train, image_size=preset.image_size)
+    test_set = load_dataset(dataset, "test", preset.n_test, image_size=preset.image_size)
+    torch.manual_seed(0)  # head / backbone initialisation
+    model = build_model(preset.backbone, train_set.num_labels, pretrained=preset.pretrained,
+                        image_size=preset.image_size)
+    if device is not None:
+        model.to(device)
+    history = train_model(model, train_set, generator=torch.Generator().manual_seed(0), progress=progress,
+                          **preset.train)
+    scores = predict_scores(model, test_set, batch_size=200).cpu()
+    meta = {"backbone": preset.backbone, "num_labels": train_set.num_labels, "image_size": preset.image_size,
+            "label_names": list(train_set.label_names), "preset": preset.name, "dataset": dataset,
+            "train_seconds": history["train_seconds"], "history": history, "n_train": len(train_set),
+            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels)}
+    save_model(model, path, meta)
+    return model, {**meta, "path": str(path), "cached": False}

@@ -1,0 +1,116 @@
+"""The offline animal composites and load_dataset's contract."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mlnb import animals
+from mlnb.data import DATASETS, MultiLabelDataset, load_dataset
+
+pytestmark = pytest.mark.unit
+SIZES = {"train": 400, "val": 100, "test": 200}
+
+
+@pytest.fixture(scope="module")
+def built():
+    return animals.build(32, seed=3, sizes=SIZES)
+
+
+def test_silhouettes_are_deduplicated():
+    images, classes = animals.load_silhouettes()
+    assert images.shape == (9716, 28, 28) and images.dtype == torch.uint8
+    assert len(torch.unique(images.flatten(1), dim=0)) == len(images)
+    assert set(classes.tolist()) == set(range(10))
+
+
+def test_pools_are_disjoint_and_cover_every_class():
+    _, classes = animals.load_silhouettes()
+    pools = animals.split_silhouettes(classes, torch.Generator().manual_seed(0))
+    sets = {k: set(v.tolist()) for k, v in pools.items()}
+    assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["val"]) and not (sets["val"] & sets["test"])
+    assert sum(len(s) for s in sets.values()) == len(classes)
+    for pool in pools.values():
+        assert set(classes[pool].tolist()) == set(range(10))
+
+
+def test_shapes_dtypes_and_label_consistency(built):
+    _, classes = animals.load_silhouettes()
+    for split, n in SIZES.items():
+        part = built[split]
+        assert part["images"].shape == (n, 3, 32, 32) and part["images"].dtype == torch.uint8
+        y, sil = part["labels"], part["silhouettes"]
+        assert y.shape == (n, 10) and y.dtype == torch.bool
+        k = y.sum(1)
+        assert k.min() >= 1 and k.max() <= 4
+        assert torch.equal(k, (sil >= 0).sum(1))  # distinct classes: one label per silhouette
+        cls = torch.where(sil >= 0, classes[sil.clamp_min(0)], torch.full_like(sil, -1))
+        assert torch.equal(y, (cls[:, :, None] == torch.arange(10)).any(1))
+
+
+def test_train_and_test_share_no_silhouette(built):
+    train = set(built["train"]["silhouettes"].flatten().tolist()) - {-1}
+    test = set(built["test"]["silhouettes"].flatten().tolist()) - {-1}
+    assert train and test and not (train & test)
+
+
+def test_deterministic_and_seed_dependent(built):
+    again = animals.build(32, seed=3, sizes=SIZES)
+    assert torch.equal(again["train"]["images"], built["train"]["images"])
+    assert torch.equal(again["test"]["labels"], built["test"]["labels"])
+    other = animals.build(32, seed=4, sizes=SIZES)
+    assert not torch.equal(other["train"]["images"], built["train"]["images"])
+
+
+def test_label_skew_dog_dominant_sheep_rare():
+    y = animals.build(24, seed=0, sizes={"train": 3000})["train"]["labels"].float().mean(0)
+    dog, sheep = animals.LABEL_NAMES.index("dog"), animals.LABEL_NAMES.index("sheep")
+    assert y.argmax() == dog and y.argmin() == sheep
+    assert y[dog] > 0.45 and y[sheep] < 0.08
+
+
+def test_build_is_fast():
+    t = time.perf_counter()
+    animals.build(40, seed=1, sizes={"train": 2000})
+    assert time.perf_counter() - t < 10
+
+
+def test_load_dataset_caches_and_returns_floats(tmp_path):
+    t = time.perf_counter()
+    ds = load_dataset("animals", "test", 50, image_size=24, root=tmp_path, seed=2)
+    first = time.perf_counter() - t
+    assert isinstance(ds, MultiLabelDataset) and len(ds) == 50 and ds.name == "animals"
+    assert list((tmp_path / "animals").glob("*.pt")), "cache file written under <root>/animals/"
+    x, y = ds[0]
+    assert x.shape == (3, 24, 24) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.shape == (10,) and y.dtype == torch.bool
+    xs, ys = ds.tensors([0, 3])
+    assert xs.shape == (2, 3, 24, 24) and torch.equal(ys, ds.labels[[0, 3]]) and torch.equal(xs[0], x)
+    assert ds.label_names == animals.LABEL_NAMES and len(ds.ids) == 50
+    t = time.perf_counter()
+    again = load_dataset("animals", "test", 50, image_size=24, root=tmp_path, seed=2)
+    assert time.perf_counter() - t < first and torch.equal(again.tensors()[0], ds.tensors()[0])
+
+
+def test_corrupted_cache_is_rebuilt(tmp_path):
+    ds = load_dataset("animals", "val", 5, image_size=16, root=tmp_path)
+    (path,) = (tmp_path / "animals").glob("*.pt")
+    path.write_bytes(b"not a checkpoint")
+    again = load_dataset("animals", "val", 5, image_size=16, root=tmp_path)
+    assert torch.equal(again.labels, ds.labels)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="mnist", split="train"), "animals"),
+    (dict(name="animals", split="trainval"), "train"),
+    (dict(name="animals", split="test", n_examples=0), "n_examples"),
+    (dict(name="animals", split="test", n_examples=2.5), "n_examples"),
+])
+def test_load_dataset_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_dataset(**kwargs)
+
+
+def test_datasets_listing():
+    assert set(DATASETS) == {"animals", "voc2007", "voc2012"}
