@@ -64,7 +64,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-single", type=int, default=4, help="images attacked one at a time for the speed-up")
     ap.add_argument("--attacks", default=",".join(ITERATIVE))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
     device = torch.device(args.device)
     model, _ = get_target_model(preset, device=device, progress=False)
