@@ -81,6 +81,13 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plot_metrics(table: pd.DataFrame, params, limit: int = 6) -> list[str]:
+    """The numeric metric columns worth plotting: not parameters, those that vary across runs first."""
+    cols = [c for c in table.select_dtypes("number").columns if c not in set(params) | {"run"}]
+    varying = [c for c in cols if table[c].nunique(dropna=True) > 1]
+    return (varying + [c for c in cols if c not in varying])[:limit]
+
+
 def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Path | None = None,
               base: dict | None = None, kernel_name: str = "python3", progress: bool = True) -> pd.DataFrame:
     """Execute ``notebook`` once per point of ``grid`` (``{PARAM: [values]}``) with papermill.
@@ -124,7 +131,8 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
     if len(table) and names[0] in table:
         import matplotlib.pyplot as plt
 
-        fig = sweep_plot(table, names[0], hue=names[1] if len(names) > 1 and names[1] in table else None)
+        fig = sweep_plot(table, names[0], plot_metrics(table, {*names, *(base or {})}),
+                         hue=names[1] if len(names) > 1 and names[1] in table else None)
         tmp = out / ".sweep.tmp.png"
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
         os.replace(tmp, out / "sweep.png")
