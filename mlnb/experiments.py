@@ -45,18 +45,12 @@ import torch
 
 from .labels import STRATEGIES, make_target
 from .presets import ATTACK_NAMES, Preset, get_preset
-from .store import ResultStore, run_key
+from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
 from .utils import param_hash, resolve_device, atomic_write_text
 from .validate import check_choice, check_positive
 
 GENERAL = ("random", "extreme")
 LABEL_SPECIFIED = ("reduce", "augment")
-METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
-COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",
-           "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}
-HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
-                    "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True}
-
 
 def derive_seed(*parts) -> int:
     """A 62-bit seed from any printable parts (stable across processes and platforms)."""
@@ -311,46 +305,6 @@ def _bar(items, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, leave=False)
-
-
-# ----------------------------------------------------------------------------- tables
-def records_frame(records: list[dict]) -> pd.DataFrame:
-    """Per-image records -> a DataFrame (missing / null metrics as NaN); adds ``p_clean`` / ``p_adv``,
-    the target label's probability before / after the attack when ``|A| = 1`` (Fig. 1)."""
-    frame = pd.DataFrame.from_records(records)
-    if frame.empty:
-        return frame
-    for k in METRIC_KEYS + ("rmsd_raw", "param", "attack_kendall_tau"):
-        if k in frame:
-            frame[k] = pd.to_numeric(frame[k], errors="coerce").astype(float)
-    single = frame["A"].map(len) == 1
-    first = frame["A"].map(lambda a: a[0] if len(a) else -1)
-    frame["p_clean"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_clean"], first, single)]
-    frame["p_adv"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_adv"], first, single)]
-    return frame
-
-
-def aggregate(frame: pd.DataFrame, strategies=None, attacks=None) -> pd.DataFrame:
-    """The paper's table (IV or V): mean per-image metrics, index ``(dataset, strategy, attack)`` in the
-    order given (else the paper's), columns ``RMSD, Hamming(A), Hamming(B), F1, Ranking loss, mAP, AUC,
-    Kendall tau-b``. Means skip NaN (``Hamming(B)`` with ``B = ∅`` is NaN, the paper's "N.A.")."""
-    cols = list(COLUMNS.values())
-    if frame.empty:
-        return pd.DataFrame(columns=cols, index=pd.MultiIndex.from_tuples([], names=["dataset", "strategy", "attack"]))
-    frame = frame.sort_values(["dataset", "strategy", "attack", "index"], kind="stable")
-    table = frame.groupby(["dataset", "strategy", "attack"], sort=False)[list(METRIC_KEYS)].mean()
-    table = table.rename(columns=COLUMNS)[cols]
-    s_order = list(strategies or STRATEGIES)
-    a_order = list(attacks or ATTACK_NAMES)
-    order = sorted(table.index, key=lambda t: (t[0], s_order.index(t[1]), a_order.index(t[2])))
-    return table.loc[order]
-
-
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, strategy, attack): images, success rate (target met on ``A ∪ B``) and fraction projected."""
-    g = frame.groupby(["dataset", "strategy", "attack"], sort=False)
-    return pd.DataFrame({"images": g.size(), "success_rate": g["success"].mean(),
-                         "projected": g["projected"].mean()})
 
 
 # ----------------------------------------------------------------------------- command line

@@ -17,6 +17,8 @@ Guarantees (issue 8, item 3):
   order), so a resumed run aggregates to exactly the table of an uninterrupted one;
 * whole files (the merged file) are written with :func:`mlnb.utils.atomic_write_text`.
 
+The tables are aggregated from the records (:func:`records_frame`, :func:`aggregate`, :func:`summary`).
+
 Introduced in notebooks/06_general_attacks.ipynb.
 """
 from __future__ import annotations
@@ -27,8 +29,17 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+import pandas as pd
+
+from .labels import STRATEGIES
+from .presets import ATTACK_NAMES
 from .utils import atomic_write_text, to_jsonable
 
+METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
+COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",
+           "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}
+HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
+                    "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True}
 MERGED = "results.jsonl"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -145,3 +156,43 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.folder)!r}, rank={self.rank}, {len(self)} records)"
+
+
+# ----------------------------------------------------------------------------- tables from the records
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-image records -> a DataFrame (missing / null metrics as NaN); adds ``p_clean`` / ``p_adv``,
+    the target label's probability before / after the attack when ``|A| = 1`` (Fig. 1)."""
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return frame
+    for k in METRIC_KEYS + ("rmsd_raw", "param", "attack_kendall_tau"):
+        if k in frame:
+            frame[k] = pd.to_numeric(frame[k], errors="coerce").astype(float)
+    single = frame["A"].map(len) == 1
+    first = frame["A"].map(lambda a: a[0] if len(a) else -1)
+    frame["p_clean"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_clean"], first, single)]
+    frame["p_adv"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_adv"], first, single)]
+    return frame
+
+
+def aggregate(frame: pd.DataFrame, strategies=None, attacks=None) -> pd.DataFrame:
+    """The paper's table (IV or V): mean per-image metrics, index ``(dataset, strategy, attack)`` in the
+    order given (else the paper's), columns ``RMSD, Hamming(A), Hamming(B), F1, Ranking loss, mAP, AUC,
+    Kendall tau-b``. Means skip NaN (``Hamming(B)`` with ``B = ∅`` is NaN, the paper's "N.A.")."""
+    cols = list(COLUMNS.values())
+    if frame.empty:
+        return pd.DataFrame(columns=cols, index=pd.MultiIndex.from_tuples([], names=["dataset", "strategy", "attack"]))
+    frame = frame.sort_values(["dataset", "strategy", "attack", "index"], kind="stable")
+    table = frame.groupby(["dataset", "strategy", "attack"], sort=False)[list(METRIC_KEYS)].mean()
+    table = table.rename(columns=COLUMNS)[cols]
+    s_order = list(strategies or STRATEGIES)
+    a_order = list(attacks or ATTACK_NAMES)
+    order = sorted(table.index, key=lambda t: (t[0], s_order.index(t[1]), a_order.index(t[2])))
+    return table.loc[order]
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, strategy, attack): images, success rate (target met on ``A ∪ B``) and fraction projected."""
+    g = frame.groupby(["dataset", "strategy", "attack"], sort=False)
+    return pd.DataFrame({"images": g.size(), "success_rate": g["success"].mean(),
+                         "projected": g["projected"].mean()})
