@@ -84,3 +84,132 @@ def sweep_plot(table: pd.DataFrame, x: str, metrics: list[str] | None = None, *,
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- attack notebooks (02-05)
+# Scores before / after an attack, the magnified perturbation of Sec. IV-H1 and a plain image grid.
+# Introduced in notebooks/02_baselines_fgs_fg.ipynb (also used by 03, 04 and 05).
+_SET_SHADE = {"A": "#fbe3e3", "B": "#ffffff", "C": "#eeeeee"}
+
+
+def _as_series(scores_adv, name: str = "adversarial") -> dict:
+    """A tensor, or a ``{name: tensor}`` mapping, -> an ordered ``{name: tensor}`` dict."""
+    if isinstance(scores_adv, dict):
+        return dict(scores_adv)
+    return {name: scores_adv}
+
+
+def label_roles(y, A, B) -> list[list[str]]:
+    """Per image, per label: ``"A↓"`` (positive to hide), ``"A↑"`` (negative to show), ``"B"`` or ``"C"``.
+
+    ``y``, ``A``, ``B``: ``(N, L)`` bool. Introduced in notebooks/02_baselines_fgs_fg.ipynb.
+    """
+    out = []
+    for yi, ai, bi in zip(y.tolist(), A.tolist(), B.tolist()):
+        out.append([("A↓" if p else "A↑") if a else "B" if b else "C" for p, a, b in zip(yi, ai, bi)])
+    return out
+
+
+def plot_scores_before_after(scores_clean, scores_adv, label_names, A, B, *, y=None, titles=None,
+                             max_images: int = 4, threshold: float = 0.5, ncols: int = 2):
+    """Label probabilities of the clean image and after each attack, one panel per image.
+
+    ``scores_clean`` ``(N, L)`` probabilities; ``scores_adv`` ``(N, L)`` or ``{attack: (N, L)}``;
+    ``A``, ``B`` ``(N, L)`` bool (``A`` shaded red, ``C`` grey); ``y`` ``(N, L)`` bool clean labels
+    (optional: tick labels then say ``A↓`` for a label to hide and ``A↑`` for one to show). The
+    classification threshold is the dashed line. Returns the matplotlib ``Figure``.
+
+    Introduced in notebooks/02_baselines_fgs_fg.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .figures import PALETTE, ROLE_COLOURS
+
+    series = {"clean": scores_clean, **_as_series(scores_adv)}
+    n = min(int(scores_clean.shape[0]), max_images)
+    L = len(label_names)
+    roles = label_roles(y if y is not None else A & False, A, B)
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * L * cols + 1.5, 2.8 * rows), squeeze=False)
+    pos = np.arange(L)
+    width = 0.8 / len(series)
+    colours = {"clean": PALETTE["before"]}
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        for j, role in enumerate(roles[i]):
+            ax.axvspan(j - 0.5, j + 0.5, color=_SET_SHADE[role[0]], zorder=0)
+        for k, (name, s) in enumerate(series.items()):
+            vals = s[i].detach().float().cpu().numpy()
+            ax.bar(pos + (k - (len(series) - 1) / 2) * width, vals, width, label=name,
+                   color=colours.get(name, PALETTE.get(name)), zorder=2)
+        ax.axhline(threshold, ls="--", lw=1, color="k", zorder=3)
+        ax.set_xticks(pos)
+        marks = roles[i] if y is not None else [r[0] for r in roles[i]]
+        ax.set_xticklabels([f"{nm}\n{r}" for nm, r in zip(label_names, marks)], fontsize=7,
+                           rotation=0 if L <= 6 else 60)
+        for tick, role in zip(ax.get_xticklabels(), roles[i]):
+            tick.set_color(ROLE_COLOURS.get(role[0], "k"))
+        ax.set_xlim(-0.5, L - 0.5)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("probability", fontsize=8)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_perturbations(x, x_adv, *, titles=None, max_images: int = 4, size: float = 1.7):
+    """Clean image, adversarial image and the magnified perturbation ``|r| · 255 / max|r|``
+    (Sec. IV-H1) for each attack; one row per image. ``x`` ``(N, C, H, W)`` in ``[0, 1]``;
+    ``x_adv`` ``(N, C, H, W)`` or ``{attack: (N, C, H, W)}``. Column titles give each image's RMSD
+    (0-255 scale). A zero perturbation is drawn black. Returns the matplotlib ``Figure``.
+
+    Introduced in notebooks/02_baselines_fgs_fg.ipynb.
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import magnify, show
+    from .metrics import rmsd
+
+    advs = _as_series(x_adv)
+    n = min(int(x.shape[0]), max_images)
+    cols = 1 + 2 * len(advs)
+    fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n + 0.3), squeeze=False)
+    for i in range(n):
+        show(axes[i][0], x[i], (titles[i] if titles is not None else "clean"))
+        for k, (name, xa) in enumerate(advs.items()):
+            d = float(rmsd(x[i:i + 1], xa[i:i + 1])[0])
+            show(axes[i][1 + 2 * k], xa[i], f"{name} (RMSD {d:.2f})")
+            show(axes[i][2 + 2 * k], magnify(xa[i] - x[i]), f"{name}: |r|·255/max|r|")
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images, titles=None, *, ncols: int = 8, size: float = 1.5):
+    """A grid of ``(N, C, H, W)`` images in ``[0, 1]`` with optional titles. Returns the ``Figure``.
+
+    Introduced in notebooks/02_baselines_fgs_fg.ipynb.
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import show
+
+    n = int(images.shape[0])
+    cols = max(1, min(ncols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.2), squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i < n:
+            show(ax, images[i], titles[i] if titles is not None else "")
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
