@@ -63,9 +63,9 @@ PRESETS: dict[str, Preset] = {
         attack_batch_size=32, max_rmsd=None, attacks=_PAPER_ATTACKS,
     ),
     "default": Preset(
-        name="default", datasets=("animals",), image_size=48, backbone="small_cnn", pretrained=False,
+        name="default", datasets=("animals",), image_size=40, backbone="small_cnn", pretrained=False,
         n_train=None, n_test=None,
-        train={"epochs": 12, "batch_size": 100, "lr": 3e-3, "loss": "eq12", "lam": 0.5, "max_seconds": 170},
+        train={"epochs": 10, "batch_size": 100, "lr": 3e-3, "loss": "eq12", "lam": 0.5, "max_seconds": 170},
         n_general=100, n_label_specified=50, reduce_label="dog", augment_label="sheep",
         attack_batch_size=100, max_rmsd=None,
         attacks={

@@ -1,0 +1,142 @@
+"""Eq. 12 against a loop reference, training, checkpoints and the cached target model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mlnb import animals
+from mlnb.data import MultiLabelDataset
+from mlnb.models import build_model, predict_scores
+from mlnb.training import eq12_loss, get_target_model, load_model, save_model, train_model
+
+pytestmark = pytest.mark.unit
+
+
+def eq12_reference(logits, y, lam, scores):
+    """Eq. 12 written with explicit loops over rows, columns and (positive, negative) pairs."""
+    f = torch.sigmoid(logits) if scores == "probability" else logits
+    n, l = y.shape
+    inst = 0.0
+    for i in range(n):
+        pos = [j for j in range(l) if y[i, j]]
+        neg = [j for j in range(l) if not y[i, j]]
+        if pos and neg:
+            inst += sum(math.exp(f[i, q] - f[i, p]) for p in pos for q in neg) / (len(pos) * len(neg))
+    lab = 0.0
+    for j in range(l):
+        pos = [i for i in range(n) if y[i, j]]
+        neg = [i for i in range(n) if not y[i, j]]
+        if pos and neg:
+            lab += sum(math.exp(f[q, j] - f[p, j]) for p in pos for q in neg) / (len(pos) * len(neg))
+    return lam * inst / n + lab / l
+
+
+@pytest.mark.parametrize("scores", ["probability", "logit"])
+@pytest.mark.parametrize("lam", [0.5, 0.0, 2.0])
+def test_eq12_matches_loop_reference(scores, lam):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 6, generator=g, dtype=torch.float64) * 2
+    y = torch.rand(9, 6, generator=g) < 0.4
+    y[0], y[1] = True, False  # rows with no negative / no positive label add nothing
+    y[:, 2], y[:, 3] = True, False  # columns with no negative / no positive image add nothing
+    got = eq12_loss(logits, y, lam=lam, scores=scores)
+    assert got.shape == () and abs(float(got) - eq12_reference(logits, y, lam, scores)) < 1e-9
+
+
+def test_eq12_gradient_finite_even_for_degenerate_and_large_inputs():
+    logits = torch.tensor([[60.0, -60.0, 3.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    y = torch.tensor([[True, False, True], [True, True, True]])
+    for scores in ("probability", "logit"):
+        value = eq12_loss(logits, y, scores=scores)
+        (g,) = torch.autograd.grad(value, logits)
+        assert torch.isfinite(value) and torch.isfinite(g).all()
+
+
+def test_eq12_prefers_correct_rankings_and_validates():
+    y = torch.tensor([[True, False], [False, True]])
+    good, bad = torch.tensor([[4.0, -4.0], [-4.0, 4.0]]), torch.tensor([[-4.0, 4.0], [4.0, -4.0]])
+    assert eq12_loss(good, y) < eq12_loss(bad, y)
+    with pytest.raises(ValueError, match="bool"):
+        eq12_loss(good, y.float())
+    with pytest.raises(ValueError, match="scores"):
+        eq12_loss(good, y, scores="rank")
+
+
+def _toy_set(n=200, size=16, seed=0):
+    part = animals.build(size, seed=seed, sizes={"train": n})["train"]
+    return MultiLabelDataset("animals", "train", part["labels"], animals.LABEL_NAMES,
+                             [str(i) for i in range(n)], images=part["images"])
+
+
+@pytest.mark.parametrize("loss", ["eq12", "bce"])
+def test_short_training_lowers_the_loss(loss):
+    ds = _toy_set()
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, image_size=16)
+    x, y = ds.tensors()
+    with torch.no_grad():
+        before = float(eq12_loss(model.eval()(x), y))
+    hist = train_model(model, ds, epochs=3, batch_size=50, lr=5e-3, loss=loss, progress=False,
+                       generator=torch.Generator().manual_seed(0))
+    assert not model.training and hist["steps"] == 12 and hist["train_seconds"] > 0
+    assert hist["loss"][-1] < hist["loss"][0]
+    if loss == "eq12":
+        with torch.no_grad():
+            assert float(eq12_loss(model(x), y)) < before
+
+
+def test_training_stops_at_max_seconds():
+    hist = train_model(build_model("small_cnn", 10, image_size=16), _toy_set(100), epochs=50, batch_size=10,
+                       lr=1e-3, max_seconds=0.2, progress=False)
+    assert hist["stopped_early"] and hist["epochs_run"] < 50
+
+
+def test_save_load_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, image_size=16).eval()
+    meta = {"backbone": "small_cnn", "num_labels": 10, "image_size": 16, "label_names": list(animals.LABEL_NAMES)}
+    path = save_model(model, tmp_path / "m.pt", meta)
+    loaded, got = load_model(path)
+    x = torch.rand(3, 3, 16, 16)
+    assert not loaded.training and got["label_names"] == meta["label_names"]
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="num_labels=10"):
+        load_model(path, expect={"num_labels": 20})
+    bad = save_model(model, tmp_path / "bad.pt", {**meta, "num_labels": 5})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model(bad)
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupted"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="label_names"):
+        save_model(model, tmp_path / "x.pt", {"backbone": "small_cnn"})
+
+
+def test_get_target_model_trains_once_then_loads():
+    model, info = get_target_model("smoke", progress=False)
+    assert not model.training and not info["cached"] and info["train_seconds"] > 0
+    assert set(info["test_metrics"]) >= {"hamming", "macro_f1", "micro_f1", "ranking_loss", "map"}
+    again, info2 = get_target_model("smoke", progress=False)
+    assert info2["cached"] and info2["path"] == info["path"]
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model(x), again(x))
+
+
+@pytest.mark.slow
+def test_default_model_quality_budget():
+    """Acceptance: held-out mAP >= 0.90 with <= 3 minutes of training on 2 cores, not saturated."""
+    from mlnb.data import load_dataset
+    from mlnb.metrics import model_quality
+    from mlnb.presets import get_preset
+
+    torch.set_num_threads(2)
+    preset = get_preset("default")
+    model, info = get_target_model(preset, retrain=True, progress=False)
+    assert info["history"]["train_seconds"] <= 180
+    test = load_dataset("animals", "test", preset.n_test, image_size=preset.image_size)
+    q = model_quality(predict_scores(model, test).cpu(), test.labels)
+    assert 0.90 <= q["map"] < 0.995, q
