@@ -34,6 +34,8 @@ DESCRIPTIONS: dict[str, str] = {
     "09_jpeg_defense/quality_sweep.png": "attack success after the defense vs clean mAP, per JPEG quality "
                                          "and per feature-squeezing setting",
     "09_jpeg_defense/adaptive.csv": "the adaptive attacker: ML-CW through JPEG with BPDA vs the plain attack",
+    "09_jpeg_defense/adaptive_histograms.png": "the target label's probability after the adaptive (BPDA) "
+                                               "ML-CW, saved as PNG and re-encoded as JPEG",
     "10_explorer/explorer.png": "the explorer's view for its default selection",
 }
 

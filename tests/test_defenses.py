@@ -70,13 +70,19 @@ def test_bit_depth_idempotent_levels_and_8bit(x):
         D.bit_depth(x, 9)
 
 
-def test_median_smooth_matches_reference_and_removes_salt(x):
-    k = 3
-    out = D.median_smooth(x, k)
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    i, j = 5, 7
-    ref = padded[:, :, i:i + k, j:j + k].reshape(4, 3, -1).median(-1).values
-    assert torch.equal(out[:, :, i, j], ref)
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_median_smooth_equals_unfold_median(x, k):
+    p = k // 2
+    padded = torch.nn.functional.pad(x.reshape(12, 1, 32, 32), (p, p, p, p), mode="reflect")
+    ref = torch.nn.functional.unfold(padded, k).median(dim=1).values.reshape(4, 3, 32, 32)
+    assert torch.equal(D.median_smooth(x, k), ref)
+    rect = x[:, :, :9, :20]
+    padded = torch.nn.functional.pad(rect.reshape(12, 1, 9, 20), (p, p, p, p), mode="reflect")
+    ref = torch.nn.functional.unfold(padded, k).median(dim=1).values.reshape(4, 3, 9, 20)
+    assert torch.equal(D.median_smooth(rect, k), ref)
+
+
+def test_median_smooth_removes_salt(x):
     flat = torch.full((1, 1, 9, 9), 0.5)
     salty = flat.clone()
     salty[0, 0, 4, 4] = 1.0
