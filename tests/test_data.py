@@ -73,7 +73,7 @@ def test_label_skew_dog_dominant_sheep_rare():
 def test_build_is_fast():
     t = time.perf_counter()
     animals.build(40, seed=1, sizes={"train": 2000})
-    assert time.perf_counter() - t < 10
+    assert time.perf_counter() - t < 30  # about 1-2 s on an idle 2-core machine; generous for shared CPUs
 
 
 def test_load_dataset_caches_and_returns_floats(tmp_path):
