@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .validate import check_choice
+from .validate import check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,66 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str, **overrides) -> Preset:
-    """Look a preset up by name; keyword overrides replace fields (``get_preset("default", n_general=20)``)."""
+    """Look a preset up by name; keyword overrides replace fields (``get_preset("default", n_general=20)``).
+
+    Overridden values are checked (names against the valid lists, sizes and budgets positive)."""
     check_choice("preset", name, PRESETS)
     preset = PRESETS[name]
     unknown = set(overrides) - set(preset.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown preset field(s) {sorted(unknown)}: valid fields are "
                          f"{sorted(preset.__dataclass_fields__)}")
-    return replace(preset, **overrides) if overrides else preset
+    if not overrides:
+        return preset
+    out = replace(preset, **overrides)
+    check_preset(out)
+    return out
+
+
+def check_preset(preset: Preset) -> None:
+    """Raise ``ValueError`` / ``TypeError`` naming the field when a preset value is invalid."""
+    from .data import DATASETS
+    from .models import BACKBONES
+
+    if isinstance(preset.datasets, str) or not preset.datasets:
+        raise ValueError(f"preset field datasets must be a non-empty tuple of names, got {preset.datasets!r}: "
+                         f"pass e.g. datasets=('animals',)")
+    for d in preset.datasets:
+        check_choice("data set name", d, DATASETS)
+    check_choice("backbone", preset.backbone, BACKBONES)
+    for f in ("image_size", "n_general", "n_label_specified", "attack_batch_size"):
+        check_positive(f, getattr(preset, f), integer=True)
+    for f in ("n_train", "n_test"):
+        if getattr(preset, f) is not None:
+            check_positive(f, getattr(preset, f), integer=True)
+    if preset.max_rmsd is not None:
+        check_positive("max_rmsd", preset.max_rmsd)
+    for a, params in preset.attacks.items():
+        check_choice("attack", a, ATTACK_NAMES)
+        if not isinstance(params, dict):
+            raise TypeError(f"preset attacks[{a!r}] must be a dict of keyword arguments, got {type(params).__name__}")
+
+
+def voc_folder(dataset: str, root=None):
+    """Where :func:`mlnb.data.load_dataset` looks for a VOC data set: ``<root>/VOCdevkit/VOC<year>``."""
+    from pathlib import Path
+
+    from .utils import data_root
+
+    return Path(root if root is not None else data_root()) / "VOCdevkit" / f"VOC{dataset[3:]}"
+
+
+def check_data_available(preset: Preset, root=None, download: bool = False) -> None:
+    """Raise ``FileNotFoundError`` before any work when a preset needs PASCAL VOC and it is absent.
+
+    The message names the missing folder and the download flag (``download=True`` in Python,
+    ``--download`` on the command line). Nothing is checked when ``download`` is True.
+    """
+    if download:
+        return
+    for d in preset.datasets:
+        if d.startswith("voc") and not voc_folder(d, root).is_dir():
+            raise FileNotFoundError(
+                f"preset {preset.name!r} needs PASCAL VOC {d[3:]} but the folder {voc_folder(d, root)} is missing: "
+                f"pass download=True (python -m mlnb.experiments --download) to fetch it, put VOCdevkit/ "
+                f"under $MLNB_DATA, or use PRESET='default' (offline)")

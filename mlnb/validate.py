@@ -137,6 +137,11 @@ def check_eval_model(model) -> None:
 
 def check_logits(logits: torch.Tensor, n: int, num_labels: int) -> None:
     """The model's output for ``n`` images must be ``(n, num_labels)``."""
+    if (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == n
+            and logits.shape[1] != num_labels):
+        raise ValueError(f"label count mismatch: the model predicts {logits.shape[1]} labels but the label "
+                         f"masks (y, A, B) have {num_labels} columns, so ({n}, {num_labels}) logits were expected: "
+                         f"pass masks with one column per model output, or the model trained on these labels")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or tuple(logits.shape) != (n, num_labels):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model returned {shape} for {n} images but the labels need ({n}, {num_labels}) "
