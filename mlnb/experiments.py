@@ -326,7 +326,7 @@ def _parse_params(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mlnb.experiments``: run, write ``<out>/table.csv`` and print the table (rank 0)."""
-    ap = argparse.ArgumentParser(prog="python -m mlnb.experiments", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m mlnb.experiments", description="\n\n".join(__doc__.split("\n\n")[:2]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Runs under `torchrun --nproc_per_node=K -m mlnb.experiments ...` "
                                         "unchanged; the results are identical. Rerunning skips finished images.")
