@@ -52,17 +52,41 @@ def package_files() -> tuple[Path, Path]:
     return folder / "animal_data_version_3.gz", folder / "animal_label_version_3.gz"
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles NumPy arrays only: any other global in the stream raises ``pickle.UnpicklingError``.
+
+    The package's files are plain pickled ``ndarray`` objects; restricting ``find_class`` means a
+    tampered file cannot run code when it is read."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays are "
+                                         f"expected in the animal-shape-mnist files; reinstall the package")
+        return super().find_class(module, name)
+
+
+def read_array_pickle(path: str | Path) -> np.ndarray:
+    """A gzipped pickle holding one NumPy array, read with :class:`_ArrayUnpickler` (no code runs)."""
+    with gzip.open(path, "rb") as f:
+        obj = _ArrayUnpickler(f).load()
+    if not isinstance(obj, np.ndarray):
+        raise pickle.UnpicklingError(f"{path} does not hold a NumPy array (found {type(obj).__name__})")
+    return obj
+
+
 def load_silhouettes() -> tuple[torch.Tensor, torch.Tensor]:
     """The unique silhouettes: ``(M, 28, 28)`` uint8 (M = 9,716) and class ``(M,)`` int64.
 
-    Reads the package's pickles directly (its own loader imports tensorflow) and drops exact
+    Reads the package's pickles directly (its own loader imports tensorflow) with an unpickler
+    that admits NumPy arrays only, and drops exact
     duplicates, keeping the first occurrence.
     """
     data_path, label_path = package_files()
-    with gzip.open(data_path, "rb") as f:
-        images = np.asarray(pickle.load(f), dtype=np.uint8)
-    with gzip.open(label_path, "rb") as f:
-        classes = np.asarray(pickle.load(f), dtype=np.int64)
+    images = np.asarray(read_array_pickle(data_path), dtype=np.uint8)
+    classes = np.asarray(read_array_pickle(label_path), dtype=np.int64)
     _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
     keep = np.sort(first)
     return torch.from_numpy(images[keep].copy()), torch.from_numpy(classes[keep].copy())

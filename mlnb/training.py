@@ -70,21 +70,22 @@ def eq12_loss(logits: torch.Tensor, y: torch.Tensor, lam: float = 0.5, scores: s
     return lam * _pair_term(f, y).mean() + _pair_term(f.t(), y.t()).mean()
 
 
-def _loss(out, y: torch.Tensor, loss: str, lam: float) -> torch.Tensor:
+def _loss(out, y: torch.Tensor, loss: str, lam: float, scores: str = "probability") -> torch.Tensor:
     if isinstance(out, tuple):  # Inception-v3 in train mode: (logits, aux_logits)
-        return _loss(out[0], y, loss, lam) + AUX_WEIGHT * _loss(out[1], y, loss, lam)
+        return _loss(out[0], y, loss, lam, scores) + AUX_WEIGHT * _loss(out[1], y, loss, lam, scores)
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(out, y.to(out.dtype))
-    return eq12_loss(out, y, lam)
+    return eq12_loss(out, y, lam, scores)
 
 
 def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
-                loss: str = "eq12", lam: float = 0.5, max_seconds: float | None = None,
+                loss: str = "eq12", lam: float = 0.5, scores: str = "probability", max_seconds: float | None = None,
                 weight_decay: float = 1e-4, augment: bool = True, generator: torch.Generator | None = None,
                 progress: bool = True, device=None) -> dict:
     """Train ``model`` on ``train_set`` (a :class:`mlnb.data.MultiLabelDataset`) with Adam and a cosine
     learning-rate schedule; random horizontal flips when ``augment``. ``loss="eq12"`` (Eq. 12 with
-    weight ``lam``) or ``"bce"``. Stops early after ``max_seconds``. Leaves the model in eval mode.
+    weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or ``"bce"``. Stops early
+    after ``max_seconds``. Leaves the model in eval mode.
 
     Returns a history dict: ``loss`` (mean per epoch), ``epochs_run``, ``steps``, ``train_seconds``
     (wall clock), ``train_cpu_seconds`` (process CPU time, all threads), ``threads``, ``stopped_early``.
@@ -92,6 +93,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     Introduced in notebooks/01_target_model.ipynb.
     """
     check_choice("loss", loss, LOSSES)
+    check_choice("scores", scores, SCORE_KINDS)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         check_positive(name, v, integer=True)
     check_positive("lr", lr)
@@ -119,7 +121,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
                 flip = torch.rand(x.shape[0], generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             x, y = x.to(device), y.to(device)
-            value = _loss(model(x), y, loss, lam)
+            value = _loss(model(x), y, loss, lam, scores)
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
@@ -177,16 +179,25 @@ def load_model(path: str | Path, device=None, expect: dict | None = None) -> tup
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(f"checkpoint {path} is corrupted or not an mlnb checkpoint ({type(err).__name__}: "
-                         f"{err}): delete it and retrain") from err
+                         f"{first}): delete it and retrain") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
         raise ValueError(f"{path} is not an mlnb checkpoint (format {CHECKPOINT_FORMAT}): delete it and retrain")
     meta = payload.get("meta", {})
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks the meta entries {missing} (a corrupted or foreign file): "
+                         f"delete it and retrain")
     for key, want in (expect or {}).items():
         if meta.get(key) != want:
             raise ValueError(f"checkpoint {path} has {key}={meta.get(key)!r} but {want!r} was expected: "
                              f"retrain (retrain=True) or pass the matching setting")
-    model = build_model(meta["backbone"], meta["num_labels"], pretrained=False, image_size=meta["image_size"])
+    try:
+        model = build_model(meta["backbone"], meta["num_labels"], pretrained=False, image_size=meta["image_size"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} describes an architecture this version cannot build ({err}): "
+                         f"delete it and retrain") from err
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
