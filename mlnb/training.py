@@ -219,7 +219,7 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     """
     from .data import load_dataset
     from .metrics import model_quality
-    from .presets import get_preset
+    from .presets import check_data_available, get_preset
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dataset = preset.datasets[0]
@@ -231,6 +231,7 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
         model, meta = load_model(path, device=device, expect={"backbone": preset.backbone,
                                                               "image_size": preset.image_size})
         return model, {**meta, "path": str(path), "cached": True}
+    check_data_available(preset)  # before any work: names the missing VOC folder and the download flag
     train_split = "trainval" if dataset == "voc2007" else "train"
     train_set = load_dataset(dataset, train_split, preset.n_train, image_size=preset.image_size)
     test_set = load_dataset(dataset, "test", preset.n_test, image_size=preset.image_size)
