@@ -157,5 +157,6 @@ def check_data_available(preset: Preset, root=None, download: bool = False) -> N
         if d.startswith("voc") and not voc_folder(d, root).is_dir():
             raise FileNotFoundError(
                 f"preset {preset.name!r} needs PASCAL VOC {d[3:]} but the folder {voc_folder(d, root)} is missing: "
-                f"pass download=True (python -m mlnb.experiments --download) to fetch it, put VOCdevkit/ "
-                f"under $MLNB_DATA, or use PRESET='default' (offline)")
+                f"fetch it with the download flag (run_experiment(..., download=True), python -m mlnb.experiments "
+                f"--download, or mlnb.data.load_dataset({d!r}, 'test', download=True)), put VOCdevkit/ under "
+                f"$MLNB_DATA, or use PRESET='default' (offline)")
