@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from .labels import STRATEGIES, make_target
-from .presets import ATTACK_NAMES, Preset, get_preset
+from .presets import ATTACK_NAMES, Preset, check_data_available, get_preset
 from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
 from .utils import param_hash, resolve_device, atomic_write_text
 from .validate import check_choice, check_positive
@@ -185,13 +185,16 @@ def _names(value, valid, what: str) -> list[str]:
     return items
 
 
-def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world: int):
+def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world: int, download: bool = False):
     """Target model and test set (rank 0 trains / caches the model first, the others then load it)."""
     from .data import load_dataset
     from .training import get_target_model
 
     if rank != 0:
         _barrier(world)
+    elif download and dataset.startswith("voc"):  # fetch the training and test splits once, on rank 0
+        for split in ("trainval" if dataset == "voc2007" else "train", "test"):
+            load_dataset(dataset, split, n_examples=1, image_size=preset.image_size, download=True)
     model, info = get_target_model(preset, device=device, progress=progress and rank == 0)
     if rank == 0:
         _barrier(world)
@@ -204,7 +207,7 @@ def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world
 def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERAL, *, out_dir: str | Path,
                    seed: int = 0, device: str | torch.device = "auto", n: int | dict | None = None,
                    max_rmsd: float | None = ..., params: dict | None = None, batch_size: int | None = None,
-                   progress: bool = True) -> ExperimentResult:
+                   download: bool = False, progress: bool = True) -> ExperimentResult:
     """Run ``attacks`` x ``strategies`` on the preset's target model(s); resumable and shardable.
 
     Args:
@@ -219,6 +222,8 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         params: ``{attack: {keyword: value}}`` overriding ``preset.attack_params(attack)``.
         batch_size: images per chunk (default ``preset.attack_batch_size``); part of the run key, since
             chunks fix the random starts.
+        download: let torchvision fetch PASCAL VOC (``paper`` preset) when it is missing; without it a
+            missing VOC folder raises ``FileNotFoundError`` naming the folder, before any work.
 
     Images ``x`` ``(N, C, H, W)`` in ``[0, 1]`` and masks ``(N, L)`` bool follow ``docs/ARCHITECTURE.md``.
     Under ``torchrun`` every rank calls this; all ranks return the same result.
@@ -232,6 +237,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     max_rmsd = preset.max_rmsd if max_rmsd is ... else max_rmsd
     if max_rmsd is not None:
         check_positive("max_rmsd", max_rmsd)
+    check_data_available(preset, download=download)
     params = params or {}
     for a in params:
         check_choice("attack in params", a, ATTACK_NAMES)
@@ -243,7 +249,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     rows, sizes, eligible, label_names, stores = [], {}, {}, {}, []
     try:
         for dataset in datasets:
-            model, ds, model_id = _load(preset, dataset, dev, progress, rank, world)
+            model, ds, model_id = _load(preset, dataset, dev, progress, rank, world, download)
             y_all = ds.labels
             with torch.no_grad():
                 scores_all = predict_scores(model, ds, batch_size=max(bs, 64)).detach().cpu()
@@ -341,11 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-rmsd", type=float, default=None, help="RMSD bound, 0-255 scale (default: the preset's)")
     ap.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                     help="override an attack parameter, e.g. ml_cw.max_iter=20 (repeatable)")
+    ap.add_argument("--download", action="store_true", help="fetch PASCAL VOC when missing (paper preset)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = ap.parse_args(argv)
     out = Path(args.out)
     res = run_experiment(args.preset, args.attacks, args.strategies, out_dir=out / "runs", seed=args.seed,
-                         device=args.device, n=args.n_images, params=_parse_params(args.param), batch_size=args.batch_size,
+                         device=args.device, n=args.n_images, params=_parse_params(args.param),
+                         batch_size=args.batch_size, download=args.download,
                          max_rmsd=... if args.max_rmsd is None else args.max_rmsd, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_text(out / "table.csv", res.table.to_csv())

@@ -196,3 +196,10 @@ def test_same_seed_gives_byte_identical_tables_and_another_seed_differs(tmp_path
     reference = baseline_table()
     assert run_cli(tmp_path / "again") == reference
     assert run_cli(tmp_path / "seed1", "--seed", "1") != reference
+
+
+@pytest.mark.unit
+def test_paper_preset_without_voc_names_the_folder_and_the_download_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLNB_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="download"):
+        E.run_experiment("paper", "ml_cw", "random", out_dir=tmp_path)
