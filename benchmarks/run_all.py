@@ -18,7 +18,7 @@ import argparse
 import re
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ class BenchConfig:
     """Sizes of one benchmark run; ``preset`` names the mlnb preset (model, image size, budgets)."""
 
     preset: str
-    batch: int  # images per attack call in the throughput section (the preset's attack batch size)
+    batch: int | None  # images per attack call in the throughput section (None: the preset's attack_batch_size)
     steps: int  # Adam steps per timed call (search attacks)
     dp_steps: int  # greedy steps per timed ML-DP call
     repeats: int  # interleaved repeats, the median is reported
@@ -54,10 +54,10 @@ class BenchConfig:
 
 
 CONFIGS = {
-    "default": BenchConfig("default", batch=100, steps=6, dp_steps=1, repeats=3, n_single=3, profile_steps=2,
+    "default": BenchConfig("default", batch=None, steps=10, dp_steps=2, repeats=3, n_single=3, profile_steps=2,
                            shrink_batch=24, shrink_params=(3, 30), shrink_repeats=1, memory_steps=2),
-    "smoke": BenchConfig("smoke", batch=8, steps=3, dp_steps=1, repeats=2, n_single=2, profile_steps=2,
-                         shrink_batch=6, shrink_params=(2, 6), shrink_repeats=1, memory_steps=1),
+    "smoke": BenchConfig("smoke", batch=8, steps=2, dp_steps=1, repeats=2, n_single=2, profile_steps=1,
+                         shrink_batch=6, shrink_params=(2, 4), shrink_repeats=1, memory_steps=1),
 }
 
 
@@ -313,6 +313,7 @@ def main(argv=None) -> dict:
     preset = get_preset(cfg.preset)
     machine = machine_info(device)
     log(f"mlnb benchmarks, {args.preset} preset on {describe(machine)}; load {machine['loadavg']}")
+    cfg = replace(cfg, batch=cfg.batch or preset.attack_batch_size)
     wl = load_workload(preset, cfg.batch, device, synthetic=args.synthetic)
     sections = {}
 

@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark suite: ``python -m benchmarks.run_all --preset smoke`` runs end to end and
+writes well-formed JSON and a Markdown summary. No wall-clock number is asserted, only structure and
+that the ratios are positive and finite (random images and a randomly initialised model: no data set
+or training needed)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlnb.utils import project_root
+
+pytestmark = pytest.mark.unit
+
+ITERATIVE = ("ml_cw", "ml_dp", "rank1", "rank2")
+
+
+def _positive_finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_benchmark_suite_smoke(tmp_path):
+    root = project_root()
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "benchmarks.run_all", "--preset", "smoke", "--device", "cpu", "--synthetic",
+           "--quiet", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "bench_smoke.json").read_text())
+    assert res["preset"] == "smoke"
+    for key in ("cpu_model", "torch_threads", "torch", "loadavg"):
+        assert key in res["machine"]
+    for name in ITERATIVE:
+        r = res["throughput"][name]
+        assert _positive_finite(r["ratio"]) and _positive_finite(r["ratio_per_call"])
+        assert len(r["ratio_repeats"]) == res["config"]["repeats"]
+        assert _positive_finite(res["speedup"][name]["speedup"])
+    for name in ("baseline", "ml_cw", "rank2"):
+        assert res["profile"][name]["kernels_per_step"] > 0
+    for name, r in res["shrinking"]["attacks"].items():
+        assert r["identical"] is True, name  # shrinking never changes a per-image result
+        assert r["success_shrink"] == r["success_fixed"]
+        assert r["image_steps_shrink"] <= r["image_steps_fixed"]
+        assert _positive_finite(r["speedup"])
+    assert set(res["memory"]["runs"]) == {"fwd_bwd", "ml_cw", "rank2", "ml_dp"}
+    assert all(r["peak_bytes"] >= 0 for r in res["memory"]["runs"].values())
+    assert "skipped" in res["gpu_paper"] or res["gpu_paper"]["runs"]
+    summary = (tmp_path / "summary_smoke.md").read_text()
+    for name in ITERATIVE:
+        assert f"| {name} |" in summary
+    assert "Machine:" in summary
