@@ -31,7 +31,7 @@ from .attack_onestep import one_step
 from .attack_search import optimize
 from .labels import OMEGA_ZERO_CHOICES, kendall_criterion
 
-__all__ = ["AttackResult", "ATTACKS", "fgs", "fg", "ml_cw", "ml_dp", "rank1", "rank2"]
+__all__ = ["AttackResult", "ATTACKS", "check_params", "fgs", "fg", "ml_cw", "ml_dp", "rank1", "rank2"]
 
 RANK_SELECT_CHOICES = ("tau", "constraints")
 
@@ -291,3 +291,20 @@ rank1.__doc__ = rank1.__doc__.replace("{doc}", _RANK_DOC)
 rank2.__doc__ = rank2.__doc__.replace("{doc}", _RANK_DOC)
 
 ATTACKS = {"fgs": fgs, "fg": fg, "ml_cw": ml_cw, "ml_dp": ml_dp, "rank1": rank1, "rank2": rank2}
+
+
+def check_params(attack: str, params: dict) -> None:
+    """Raise before any work when ``params`` holds a keyword that is not a tunable parameter of
+    ``ATTACKS[attack]`` (a typo such as ``max_iters`` would otherwise fail only after the target
+    model is trained). ``generator`` and ``progress`` are set by the caller, not by ``params``."""
+    import inspect
+
+    V.check_choice("attack", attack, ATTACKS)
+    signature = inspect.signature(ATTACKS[attack]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in signature.values()):
+        return  # a wrapper taking **kwargs: nothing to check here
+    valid = [k for k, p in signature.items() if p.kind is p.KEYWORD_ONLY and k not in ("generator", "progress")]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for attack {attack!r}: valid parameters are "
+                         f"{', '.join(valid)}")

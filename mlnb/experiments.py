@@ -228,7 +228,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     Images ``x`` ``(N, C, H, W)`` in ``[0, 1]`` and masks ``(N, L)`` bool follow ``docs/ARCHITECTURE.md``.
     Under ``torchrun`` every rank calls this; all ranks return the same result.
     """
-    from .attacks import ATTACKS
+    from .attacks import ATTACKS, check_params
     from .models import predict_scores
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
@@ -241,6 +241,8 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     params = params or {}
     for a in params:
         check_choice("attack in params", a, ATTACK_NAMES)
+    for a in attacks:  # a misspelt keyword fails now, not after the target model is trained
+        check_params(a, {**preset.attack_params(a), **params.get(a, {})})
     rank, world, dev, created = dist_context(resolve_device(device))
     store_root = Path(out_dir)
     if batch_size is not None:

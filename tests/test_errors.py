@@ -330,6 +330,17 @@ def test_preset_needs_voc_but_it_is_absent(tmp_path, monkeypatch):
         training.get_target_model("paper", progress=False)
 
 
+def test_runner_on_a_voc_preset_without_voc(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLNB_DATA", str(tmp_path))
+    with raises(FileNotFoundError, "fetch it with the download flag (run_experiment(..., download=True)"):
+        experiments.run_experiment("paper", "ml_cw", "random", out_dir=tmp_path / "runs")
+
+
+def test_unknown_attack_parameter(tmp_path):
+    with raises(ValueError, "unknown parameter(s) ['max_iters'] for attack 'ml_cw': valid parameters are"):
+        experiments.run_experiment("smoke", "ml_cw", "random", out_dir=tmp_path, params={"ml_cw": {"max_iters": 3}})
+
+
 def _checkpoint(tmp_path: Path, num_labels: int = 3) -> Path:
     torch.manual_seed(0)
     model = models.build_model("small_cnn", num_labels)
