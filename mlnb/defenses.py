@@ -44,12 +44,18 @@ def _codec():
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` float in ``[0, 1]`` -> uint8 ``round(255 x)`` on the same device (what saving
-    an image file does)."""
+    an image file does).
+
+    Introduced in notebooks/09_jpeg_defense.ipynb.
+    """
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def from_uint8(x8: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float ``/ 255`` with ``like``'s dtype and device."""
+    """uint8 -> float ``/ 255`` with ``like``'s dtype and device.
+
+    Introduced in notebooks/09_jpeg_defense.ipynb.
+    """
     return x8.to(device=like.device, dtype=like.dtype) / 255
 
 

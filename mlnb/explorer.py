@@ -30,7 +30,10 @@ BUDGET_LIMITS = {"eps": (1, 32), "iter": (1, 300)}
 class ExplorerResult:
     """One attack on one image: ``x``, ``x_adv`` ``(C, H, W)``; ``before``, ``after`` ``(L,)``
     probabilities; ``A``, ``B`` label indices; the attack's success flag, constraints satisfied,
-    RMSD (0-255 scale), name and keyword arguments."""
+    RMSD (0-255 scale), name and keyword arguments.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
 
     x: torch.Tensor
     x_adv: torch.Tensor
@@ -49,7 +52,10 @@ class ExplorerResult:
 class ExplorerState:
     """What the explorer shows: the model, the images ``x`` ``(N, C, H, W)``, labels ``y`` ``(N, L)``
     bool, their clean probabilities ``scores`` ``(N, L)``, the chosen image, the sets ``A`` / ``B``
-    (label indices), the attack, its budget and base keyword arguments, and the last result."""
+    (label indices), the attack, its budget and base keyword arguments, and the last result.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
 
     model: nn.Module
     x: torch.Tensor
@@ -71,7 +77,10 @@ class ExplorerState:
 
 
 def default_budget(attack: str, params: Mapping | None = None) -> int:
-    """The budget slider's start value: ``eps_max`` x 255 for FGS / FG, else ``max_iter``."""
+    """The budget slider's start value: ``eps_max`` x 255 for FGS / FG, else ``max_iter``.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     params = dict(params or {})
     if attack in EPS_ATTACKS:
         return int(round(float(params.get("eps_max", 10 / 255)) * 255))
@@ -80,7 +89,10 @@ def default_budget(attack: str, params: Mapping | None = None) -> int:
 
 def budget_params(attack: str, budget: int, base: Mapping | None = None) -> dict:
     """Keyword arguments of ``attack`` with the budget applied: FGS / FG ``eps_max = budget / 255``,
-    the others ``max_iter = budget`` (on top of ``base``, e.g. the preset's ``attack_params``)."""
+    the others ``max_iter = budget`` (on top of ``base``, e.g. the preset's ``attack_params``).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     check_choice("attack", attack, ATTACK_NAMES)
     check_positive("budget", budget, integer=True)
     params = dict(base or {})
@@ -117,7 +129,10 @@ def make_state(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_names: 
 
 
 def select_image(state: ExplorerState, index: int) -> ExplorerState:
-    """Show image ``index``; clears ``A``, ``B`` and the last result (labels differ per image)."""
+    """Show image ``index``; clears ``A``, ``B`` and the last result (labels differ per image).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     n = state.x.shape[0]
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
         raise ValueError(f"image index must be an int in 0..{n - 1}, got {index!r}")
@@ -131,7 +146,10 @@ def select_image(state: ExplorerState, index: int) -> ExplorerState:
 def toggle_label(state: ExplorerState, label: int | str, set_name: str) -> ExplorerState:
     """Put ``label`` (index or name) into ``set_name`` (``"A"``, ``"B"`` or ``"C"`` = neither),
     removing it from the other set, so ``A`` and ``B`` stay disjoint. Toggling a label into the
-    set it is already in moves it back to ``C`` (a second click on a checkbox)."""
+    set it is already in moves it back to ``C`` (a second click on a checkbox).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     check_choice("set_name", set_name, SETS)
     j = check_label_index(label, len(state.label_names), state.label_names)
     current = "A" if j in state.A else "B" if j in state.B else "C"
@@ -145,7 +163,10 @@ def toggle_label(state: ExplorerState, label: int | str, set_name: str) -> Explo
 
 def set_attack(state: ExplorerState, attack: str, budget: int | None = None) -> ExplorerState:
     """Choose the attack (one of ``mlnb.presets.ATTACK_NAMES``) and its budget (``None``: the
-    attack's default from ``state.attack_params``)."""
+    attack's default from ``state.attack_params``).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     check_choice("attack", attack, ATTACK_NAMES)
     if budget is None:
         budget = default_budget(attack, state.attack_params.get(attack))
@@ -185,7 +206,10 @@ def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None,
 
 
 def default_selection(state: ExplorerState, prefer_a: Sequence[str] = (), prefer_b: Sequence[str] = ()) -> ExplorerState:
-    """Tick the case-study target (:func:`case_study_sets`) for the current image."""
+    """Tick the case-study target (:func:`case_study_sets`) for the current image.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     a, b = case_study_sets(state.y[state.index], state.scores[state.index], state.label_names, prefer_a, prefer_b)
     state.A.clear()
     state.B.clear()
@@ -197,7 +221,10 @@ def default_selection(state: ExplorerState, prefer_a: Sequence[str] = (), prefer
 
 
 def target_masks(state: ExplorerState) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, B)``: ``(1, L)`` bool masks of the current selection."""
+    """``(A, B)``: ``(1, L)`` bool masks of the current selection.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     L = len(state.label_names)
     A = torch.zeros(1, L, dtype=torch.bool, device=state.y.device)
     B = torch.zeros_like(A)
@@ -232,7 +259,10 @@ def run_attack(state: ExplorerState, attacks: Mapping[str, Callable] | None = No
 
 
 def describe(state: ExplorerState, result: ExplorerResult | None = None) -> str:
-    """One line on the selection and, if given, the outcome (plain text, for the status bar)."""
+    """One line on the selection and, if given, the outcome (plain text, for the status bar).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     n = state.label_names
     text = (f"image {state.index}: A = {{{', '.join(n[j] for j in sorted(state.A))}}}, "
             f"B = {{{', '.join(n[j] for j in sorted(state.B))}}}, attack {state.attack}, budget {state.budget}")
@@ -243,7 +273,10 @@ def describe(state: ExplorerState, result: ExplorerResult | None = None) -> str:
 
 
 def render(state: ExplorerState, result: ExplorerResult | None = None):
-    """The explorer's figure (``mlnb.figures.explorer_view``) for the current image and ``result``."""
+    """The explorer's figure (``mlnb.figures.explorer_view``) for the current image and ``result``.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     from .figures import explorer_view
 
     i = state.index
@@ -255,7 +288,10 @@ def render(state: ExplorerState, result: ExplorerResult | None = None):
 def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = None):
     """The ipywidgets app (a ``VBox``) wired to the handlers above; ``app.controls`` holds the
     widgets (``image``, ``labels``, ``attack``, ``budget``, ``run``, ``status``, ``output``) so a
-    script or test can drive it (``app.controls["run"].click()``)."""
+    script or test can drive it (``app.controls["run"].click()``).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -34,13 +34,19 @@ def magnify(r: torch.Tensor) -> torch.Tensor:
 
 
 def as_image(img: torch.Tensor) -> np.ndarray:
-    """``(C, H, W)`` tensor in ``[0, 1]`` -> an ``imshow``-ready array (``(H, W)`` grey or ``(H, W, 3)``)."""
+    """``(C, H, W)`` tensor in ``[0, 1]`` -> an ``imshow``-ready array (``(H, W)`` grey or ``(H, W, 3)``).
+
+    Introduced in notebooks/08_case_study.ipynb.
+    """
     a = img.detach().float().cpu().clamp(0, 1)
     return a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()
 
 
 def show(ax, img: torch.Tensor, title: str = "") -> None:
-    """Draw one ``(C, H, W)`` image without axes."""
+    """Draw one ``(C, H, W)`` image without axes.
+
+    Introduced in notebooks/08_case_study.ipynb.
+    """
     ax.imshow(as_image(img), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
@@ -49,7 +55,10 @@ def show(ax, img: torch.Tensor, title: str = "") -> None:
 def label_bars(ax, label_names: Sequence[str], series: Mapping[str, Sequence[float]],
                roles: Sequence[str] | None = None, threshold: float = 0.5) -> None:
     """Grouped bars: one group per label, one bar per series (e.g. ``{"before": p, "ml_cw": p1}``),
-    the 0.5 threshold dashed; ``roles`` (``"A"``, ``"B"`` or ``"C"`` per label) colour the tick labels."""
+    the 0.5 threshold dashed; ``roles`` (``"A"``, ``"B"`` or ``"C"`` per label) colour the tick labels.
+
+    Introduced in notebooks/08_case_study.ipynb.
+    """
     k = len(series)
     width = 0.8 / max(k, 1)
     pos = np.arange(len(label_names))

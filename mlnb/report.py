@@ -60,7 +60,10 @@ def _first_title(nb_path: Path) -> str | None:
 
 def notebook_title(stem: str, search: list[Path]) -> str:
     """The title of notebook ``stem`` from the first folder in ``search`` that holds ``<stem>.ipynb``;
-    the stem itself when none does."""
+    the stem itself when none does.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     for folder in search:
         title = _first_title(Path(folder) / f"{stem}.ipynb")
         if title:
@@ -80,7 +83,10 @@ def _folder_descriptions(folder: Path) -> dict[str, str]:
 
 def describe(stem: str, filename: str, title: str, *layers: dict[str, str]) -> str:
     """One line for ``results/<stem>/<filename>``: the first of ``layers`` (most specific first)
-    with a key ``"<stem>/<filename>"`` or ``filename``, else "<kind> from <notebook title>"."""
+    with a key ``"<stem>/<filename>"`` or ``filename``, else "<kind> from <notebook title>".
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
     for layer in layers:
         for key in (f"{stem}/{filename}", filename):
             if key in layer:
