@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .metrics import _kendall_tau_b_kernel
+
 THRESHOLD = 0.5  # classification threshold on probabilities (Sec. IV-D)
 N_RANK_TERMS = 5  # Eq. (9) has three terms, Eq. (11) adds two
 
@@ -125,18 +127,7 @@ def rank_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return terms @ weights.to(terms.dtype)
 
 
-def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
-    """Kendall's tau-b between each row of ``scores`` ``(N, L)`` and ``y_tau`` ``(N, L)``, ``(N,)``.
-
-    ``tau_b = (n_c - n_d) / sqrt((n_0 - n_1)(n_0 - n_2))`` over label pairs, with ties in either
-    vector handled as in tau-b; NaN where one of the two rows is constant (undefined).
-    Pass logits rather than probabilities where they may saturate: the ranking is the same and
-    float32 sigmoid ties (probabilities of exactly 1.0) are avoided.
-    """
-    s = scores.float()
-    t = y_tau.float()
-    ds = torch.sign(s[:, :, None] - s[:, None, :])
-    dt = torch.sign(t[:, :, None] - t[:, None, :])
-    num = (ds * dt).flatten(1).sum(1)
-    den = torch.sqrt(ds.abs().flatten(1).sum(1) * dt.abs().flatten(1).sum(1))
-    return torch.where(den > 0, num / den.clamp(min=1e-12), torch.nan)
+# Kendall tau-b (selection rule of Sec. III-C2): one kernel, shared with mlnb.metrics (unvalidated here).
+# Pass logits rather than probabilities where they may saturate: the ranking is the same and float32
+# sigmoid ties (probabilities of exactly 1.0) are avoided.
+kendall_tau_b = _kendall_tau_b_kernel

@@ -197,9 +197,17 @@ def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
     _check_like(y_tau, "y_tau", scores, "scores", boolean=False)
     if y_tau.is_floating_point() or y_tau.dtype == torch.bool:
         raise ValueError(f"y_tau must be an integer tensor (from mlnb.labels.kendall_criterion), got {y_tau.dtype}")
+    return _kendall_tau_b_kernel(scores, y_tau)
+
+
+def _kendall_tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
+    """Unvalidated kernel of :func:`kendall_tau_b`, shared with the attack driver (which calls it every
+    step on ``(n, L)`` logits). ``y_tau`` may be integer, bool or float; the result has the dtype of
+    ``scores`` (float32 logits are safe: only signs of differences and integer pair counts are used).
+    NaN where a row of ``scores`` or ``y_tau`` is constant."""
     dx = torch.sign(scores[:, :, None] - scores[:, None, :])
-    t = y_tau.to(torch.int16)
-    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(scores.dtype)
+    t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
+    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dx.dtype)
     num = (dx * dy).sum((1, 2))
     nx = (dx != 0).sum((1, 2))
     ny = (dy != 0).sum((1, 2))
