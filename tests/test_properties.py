@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import pytest
 import torch
@@ -30,7 +31,15 @@ from mlnb import attacks, labels as lb, metrics
 
 pytestmark = pytest.mark.unit
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# Derandomized by default so the test command is deterministic; MLNB_HYPOTHESIS=explore draws fresh
+# random examples (and 5x as many) for a longer hunt.
+EXPLORE = os.environ.get("MLNB_HYPOTHESIS") == "explore"
+SETTINGS = dict(deadline=None, derandomize=not EXPLORE, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def examples(n: int) -> int:
+    return 5 * n if EXPLORE else n
 NAMES = tuple(attacks.ATTACKS)
 
 
@@ -139,7 +148,7 @@ def check_metrics(values: dict, B: torch.Tensor | None = None) -> None:
 
 
 def _attack_property(name):
-    @settings(max_examples=12, **SETTINGS)
+    @settings(max_examples=examples(12), **SETTINGS)
     @given(problem=problems(), params=attack_params(name))
     def test(problem, params):
         L, scale, x, y, A, B = problem
@@ -228,7 +237,7 @@ def label_matrices(draw):
     return torch.rand(n, L, generator=g) < draw(st.floats(0.0, 1.0)), g
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(label_matrices(), st.sampled_from(sorted(lb.STRATEGIES)), st.sampled_from(lb.OMEGA_ZERO_CHOICES),
        st.integers(0, 11), st.booleans())
 def test_generators_and_table_one(ym, strategy, omega_zero, j, by_name):
@@ -252,7 +261,7 @@ def test_generators_and_table_one(ym, strategy, omega_zero, j, by_name):
         assert t.A[t.eligible, j % L].all() and t.A[t.eligible].sum(1).eq(1).all()
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(label_matrices(), st.sampled_from(["uniform", "ties", "saturated"]))
 def test_metrics_stay_in_range(ym, kind):
     y, g = ym
@@ -283,7 +292,7 @@ def test_metrics_stay_in_range(ym, kind):
         assert math.isfinite(v) and 0 <= v <= 1, (k, v)
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(problems(max_n=3), st.sampled_from(["overlap", "empty_a", "not_bool", "range", "nan", "labels"]))
 def test_invalid_inputs_raise_only_documented_errors(problem, fault):
     """Corrupting one valid input gives a ValueError / TypeError, never another exception."""
@@ -295,7 +304,7 @@ def test_invalid_inputs_raise_only_documented_errors(problem, fault):
     elif fault == "not_bool":
         A = A.float()
     elif fault == "range":
-        x = x * 2 + 0.5
+        x = x + 1.5
     elif fault == "nan":
         x = x.clone()
         x[0, 0, 0, 0] = float("nan")
