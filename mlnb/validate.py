@@ -52,7 +52,7 @@ def check_images(x, name: str = "x") -> None:
     if bad.any():
         imgs = bad.flatten(1).any(1).nonzero().flatten()
         raise ValueError(f"{name} contains NaN or Inf in images {_listed(imgs)}: clean the inputs first")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0 or hi > 1:
         raise ValueError(f"{name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}]: "
                          f"scale 0-255 images by 1/255 and move normalisation into the model")
