@@ -60,12 +60,24 @@ def finite_positive(v) -> bool:
 @contextmanager
 def no_early_abort():
     """Disable the early abort of λ runs in :mod:`mlnb.attack_search` (every run goes to ``max_iter``)."""
-    saved = attack_search.ABORT_REL
-    attack_search.ABORT_REL = -math.inf  # loss > prev * inf never holds
+    saved = attack_search.EARLY_ABORT
+    attack_search.EARLY_ABORT = False
     try:
         yield
     finally:
-        attack_search.ABORT_REL = saved
+        attack_search.EARLY_ABORT = saved
+
+
+@contextmanager
+def fixed_budget():
+    """Keep finished images in the active batch of :func:`mlnb.attack_search.optimize` until the whole
+    batch is done (``shrink=False``): same per-image results, every image computed every step."""
+    saved = attack_search.SHRINK
+    attack_search.SHRINK = False
+    try:
+        yield
+    finally:
+        attack_search.SHRINK = saved
 
 
 def load_model(preset, device: torch.device, synthetic: bool) -> torch.nn.Module:

@@ -38,21 +38,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work before reading the clock (kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fwd_bwd_rate(model, x, repeats: int) -> float:
     """Image-steps per second of ``grad_x sum(model(x))``."""
     def once():
         xg = x.detach().requires_grad_(True)
         torch.autograd.grad(model(xg).sum(), xg)
     once()
+    sync(x.device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         once()
+    sync(x.device)
     return repeats * x.shape[0] / (time.perf_counter() - t0)
 
 
 def attack_rate(name, model, x, y, A, B, params) -> tuple[float, float, object]:
+    sync(x.device)
     t0 = time.perf_counter()
     res = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **params)
+    sync(x.device)
     dt = time.perf_counter() - t0
     return float(res.iterations.sum()) / dt, dt, res
 
@@ -83,9 +93,11 @@ def main(argv=None) -> dict:
         params = preset.attack_params(name)
         rate, dt, res = attack_rate(name, model, x, y, A, B, params)
         k = min(args.n_single, x.shape[0])
+        sync(device)
         t0 = time.perf_counter()
         for i in range(k):
             attacks.ATTACKS[name](model, x[i:i + 1], y[i:i + 1], A[i:i + 1], B[i:i + 1], progress=False, **params)
+        sync(device)
         single_per_image = (time.perf_counter() - t0) / k
         rows[name] = {"image_steps_per_s": rate, "ratio": rate / base, "seconds": dt,
                       "speedup_vs_one_at_a_time": single_per_image * x.shape[0] / dt,

@@ -88,7 +88,7 @@ def measure(run: str, preset: str, batch: int, steps: int, device: torch.device,
 
 def run(preset: str, batch: int, steps: int, device: torch.device, *, synthetic: bool = False) -> dict:
     """Every run of :data:`RUNS` in its own process; returns the JSON section."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(project_root()) + os.pathsep
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(project_root()) + os.pathsep
            + os.environ.get("PYTHONPATH", "")}
     procs, runs = {}, {}
     # CPU: the runs are independent processes and are started together (each measures its own RSS);

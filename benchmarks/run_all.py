@@ -55,9 +55,9 @@ class BenchConfig:
 
 CONFIGS = {
     "default": BenchConfig("default", batch=None, steps=10, dp_steps=2, repeats=3, n_single=3, profile_steps=2,
-                           shrink_batch=24, shrink_params=(3, 30), shrink_repeats=1, memory_steps=2),
-    "smoke": BenchConfig("smoke", batch=8, steps=2, dp_steps=1, repeats=2, n_single=2, profile_steps=1,
-                         shrink_batch=6, shrink_params=(2, 4), shrink_repeats=1, memory_steps=1),
+                           shrink_batch=24, shrink_params=(4, 60), shrink_repeats=1, memory_steps=2),
+    "smoke": BenchConfig("smoke", batch=4, steps=2, dp_steps=1, repeats=1, n_single=1, profile_steps=1,
+                         shrink_batch=4, shrink_params=(2, 3), shrink_repeats=1, memory_steps=1),
 }
 
 
