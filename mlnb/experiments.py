@@ -46,7 +46,7 @@ import torch
 from .labels import STRATEGIES, make_target
 from .presets import ATTACK_NAMES, Preset, check_data_available, get_preset
 from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
-from .utils import param_hash, resolve_device, atomic_write_text
+from .utils import atomic_write_text, environment_info, param_hash, resolve_device, write_json
 from .validate import check_choice, check_positive
 
 GENERAL = ("random", "extreme")
@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                          max_rmsd=... if args.max_rmsd is None else args.max_rmsd, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_text(out / "table.csv", res.table.to_csv())
+        run_params = {k: v for k, v in vars(args).items() if k != "no_progress"}
+        write_json(out / "metrics.json", {"params": run_params, "params_hash": param_hash(run_params),
+                                          "seed": args.seed, "environment": environment_info(resolve_device(args.device)),
+                                          "attack_set_size": res.attack_set_size})
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(res.table.round(4).to_string())
         print(f"table written to {out / 'table.csv'}")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .presets import PRESETS
-from .utils import param_hash, project_root, results_root, write_json
+from .utils import atomic_write_text, param_hash, project_root, results_root, write_json
 from .validate import check_choice
 
 
@@ -101,7 +101,7 @@ def render_html(executed: Path, html_dir: Path) -> list[Path]:
     for nb_path in sorted(executed.glob("*.ipynb")):
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
         target = html_dir / f"{nb_path.stem}.html"
-        target.write_text(body, encoding="utf-8")
+        atomic_write_text(target, body)
         written.append(target)
     return written
 

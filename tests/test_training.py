@@ -116,7 +116,8 @@ def test_save_load_round_trip_and_errors(tmp_path):
         save_model(model, tmp_path / "x.pt", {"backbone": "small_cnn"})
 
 
-def test_get_target_model_trains_once_then_loads():
+def test_get_target_model_trains_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLNB_DATA", str(tmp_path))  # an empty cache of its own: other tests may have trained
     model, info = get_target_model("smoke", progress=False)
     assert not model.training and not info["cached"] and info["train_seconds"] > 0
     assert set(info["test_metrics"]) >= {"hamming", "macro_f1", "micro_f1", "ranking_loss", "map"}
