@@ -13,7 +13,7 @@ Design (what makes the set multi-label, skewed and not trivially separable):
   about half of the images, like VOC's *person*) and "sheep" is rare (about 5 %, like VOC's
   *sheep*), which gives the label-specified experiments of Sec. IV-E their natural pair;
 * backgrounds are two-colour gradients plus low-frequency colour texture and pixel noise; each
-  silhouette gets a random colour (contrast may be low), scale, mirror and position (one
+  silhouette gets a random hue on the other side of the background's brightness, scale, mirror and position (one
   jittered quadrant per object, so objects overlap a little but rarely hide each other).
 
 Everything is vectorised torch (``grid_sample`` renders all silhouettes at once), deterministic
@@ -39,7 +39,10 @@ N_OBJECTS_P = (0.30, 0.35, 0.22, 0.13)  # P(1), P(2), P(3), P(4) silhouettes per
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}  # of each class's unique silhouettes
 DEFAULT_SIZES = {"train": 8000, "val": 1000, "test": 2000}  # canvases per split
 SPLIT_SEED_OFFSET = {"train": 1, "val": 2, "test": 3}
-VERSION = 1  # bump when the recipe changes: it is part of the cache key
+SCALE_RANGE = (0.45, 0.7)  # silhouette side as a fraction of the canvas side
+TEXTURE_AMPLITUDE = 0.3  # largest amplitude of the coarse background texture
+MIN_CONTRAST = 0.3  # smallest gap between a silhouette's and its background's mean intensity (about)
+VERSION = 2  # bump when the recipe changes: it is part of the cache key
 
 
 def package_files() -> tuple[Path, Path]:
@@ -139,7 +142,7 @@ def _backgrounds(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     coarse = torch.rand(n, 3, 6, 6, generator=generator) - 0.5
     up = F.interpolate(torch.eye(6)[:, None], size=size, mode="linear", align_corners=False)[:, 0]  # (6, S)
     texture = torch.einsum("as,ncab,bt->ncst", up, coarse, up)  # separable bilinear upsampling
-    amp = torch.rand(n, 1, 1, 1, generator=generator) * 0.5
+    amp = torch.rand(n, 1, 1, 1, generator=generator) * TEXTURE_AMPLITUDE
     return bg.add_(texture.mul_(amp))
 
 
@@ -152,11 +155,16 @@ def render(sil_images: torch.Tensor, sil_idx: torch.Tensor, size: int, generator
     n = sil_idx.shape[0]
     canvas = _backgrounds(n, size, generator)
     quad = torch.rand(n, 4, generator=generator).argsort(1)  # quadrant of each slot
-    centre = torch.stack([(quad % 2).float(), (quad // 2).float()], -1) * 0.9 - 0.45  # in [-1, 1] coords
-    centre = centre + (torch.rand(n, 4, 2, generator=generator) - 0.5) * 0.5
-    scale = 0.45 + 0.25 * torch.rand(n, 4, generator=generator)  # object side / canvas side
+    centre = torch.stack([(quad % 2).float(), (quad // 2).float()], -1) * 0.8 - 0.4  # in [-1, 1] coords
+    centre = centre + (torch.rand(n, 4, 2, generator=generator) - 0.5) * 0.3
+    lo, hi = SCALE_RANGE
+    scale = lo + (hi - lo) * torch.rand(n, 4, generator=generator)  # object side / canvas side
     flip = torch.where(torch.rand(n, 4, generator=generator) < 0.5, -1.0, 1.0)
-    colour = torch.rand(n, 4, 3, generator=generator)
+    # a random hue whose brightness is on the other side of the background's (a contrast of at
+    # least MIN_CONTRAST in mean intensity), so that every silhouette is visible
+    bg_light = canvas.mean((1, 2, 3)) > 0.5  # (n,)
+    colour = torch.rand(n, 4, 3, generator=generator) * (1 - MIN_CONTRAST) * 0.5
+    colour = torch.where(bg_light[:, None, None], colour, 1 - colour)
     src = sil_images[sil_idx.clamp_min(0)].float().div(255).unsqueeze(2)  # (n, 4, 1, 28, 28)
     theta = torch.zeros(n, 4, 2, 3)  # affine maps from canvas to silhouette coordinates
     theta[..., 0, 0] = flip / scale
