@@ -65,7 +65,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default", datasets=("animals",), image_size=40, backbone="small_cnn", pretrained=False,
         n_train=None, n_test=None,
-        train={"epochs": 25, "batch_size": 100, "lr": 1e-2, "loss": "eq12", "lam": 0.5},
+        train={"epochs": 12, "batch_size": 100, "lr": 1e-2, "loss": "eq12", "lam": 0.5},
         n_general=32, n_label_specified=24, reduce_label="dog", augment_label="sheep",
         attack_batch_size=32, max_rmsd=None,
         attacks={
