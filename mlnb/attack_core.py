@@ -160,3 +160,16 @@ def rank_masks(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor, omega_zero: st
     d = divisions(y, A, B, omega_zero=omega_zero)
     return {"om": d.omega_minus, "op": d.omega_plus, "oz": d.omega_zero,
             "A1": d.A1, "Bm1": d.Bm1, "B1": d.B1, "Am1": d.Am1}
+
+
+def flush_finished(S: dict, out: dict, finished: torch.Tensor, fields: dict[str, str]) -> dict:
+    """Active-batch shrinking, shared by the iterative attacks: copy the results of the ``finished``
+    rows of the state ``S`` into ``out`` (``out[k][rows] = S[v][finished]`` for ``k, v`` in ``fields``,
+    rows located by ``S["idx"]``) and return ``S`` without those rows."""
+    if not bool(finished.any()):
+        return S
+    idx = S["idx"][finished]
+    for out_key, state_key in fields.items():
+        out[out_key][idx] = S[state_key][finished].to(out[out_key].dtype)
+    keep = (~finished).nonzero().flatten()
+    return {k: v.index_select(0, keep) for k, v in S.items()}

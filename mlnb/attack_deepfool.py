@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .attack_core import Runtime
+from .attack_core import Runtime, flush_finished
 from .attack_losses import n_satisfied, satisfied
 
 PINV_RTOL = 1e-6  # singular values of P^T P below 1e-6 x the largest are treated as 0
@@ -88,10 +88,4 @@ def deepfool(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tenso
 
 
 def _flush(S: dict, out: dict, finished: torch.Tensor) -> dict:
-    if not bool(finished.any()):
-        return S
-    idx = S["idx"][finished]
-    out["x_adv"][idx] = S["b_x"][finished]
-    out["iterations"][idx] = S["iters"][finished]
-    keep = (~finished).nonzero().flatten()
-    return {k: v.index_select(0, keep) for k, v in S.items()}
+    return flush_finished(S, out, finished, {"x_adv": "b_x", "iterations": "iters"})

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .attack_core import Runtime
+from .attack_core import Runtime, flush_finished
 from .attack_losses import kendall_tau_b, n_satisfied
 
 ADAM_BETAS = (0.9, 0.999)
@@ -222,13 +222,4 @@ def _end_of_run(S: dict, end: torch.Tensor, final_select: str, host: bool) -> No
 
 
 def _flush(S: dict, out: dict, finished: torch.Tensor) -> dict:
-    """Write the results of finished rows into ``out`` and drop them from the active batch."""
-    if not bool(finished.any()):
-        return S
-    idx = S["idx"][finished]
-    out["x_adv"][idx] = S["b_x"][finished]
-    out["iterations"][idx] = S["iters"][finished]
-    out["param"][idx] = S["b_lam"][finished].float()
-    out["n_runs_ok"][idx] = S["nok"][finished]
-    keep = (~finished).nonzero().flatten()
-    return {k: v.index_select(0, keep) for k, v in S.items()}
+    return flush_finished(S, out, finished, {"x_adv": "b_x", "iterations": "iters", "param": "b_lam", "n_runs_ok": "nok"})

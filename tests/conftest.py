@@ -22,3 +22,12 @@ def _isolated_dirs(tmp_path_factory):
         if not os.environ.get(var):
             os.environ[var] = str(tmp_path_factory.mktemp(var.lower()))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-off cost on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,16 +8,7 @@ from mlnb.attack_core import rank_masks
 from mlnb.attack_losses import (cw_hinge, kendall_tau_b, n_satisfied, rank_loss, rank_terms, satisfied)
 from mlnb.labels import kendall_criterion
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off cost on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 E = math.exp
 RANK1 = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])
