@@ -34,6 +34,7 @@ from .labels import OMEGA_ZERO_CHOICES, kendall_criterion
 __all__ = ["AttackResult", "ATTACKS", "check_params", "fgs", "fg", "ml_cw", "ml_dp", "rank1", "rank2"]
 
 RANK_SELECT_CHOICES = ("tau", "constraints")
+HINGE_SPACES = ("probability", "logit")
 
 
 def _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last) -> Runtime:
@@ -125,12 +126,16 @@ def _search_attack(name, rt, x, y, A, B, aux, hinge, progress, run_select, final
 
 
 def ml_cw(model, x, y, A, B, *, generator=None, progress=True, lambda_init: float = 1e5, n_search: int = 10,
-          max_iter: int = 1000, lr: float = 1e-2, kappa: float = 0.0, tanh_eps: float = 1e-6,
-          check_every: int = 10, batch_size: int | None = None, autocast_dtype=None,
+          max_iter: int = 1000, lr: float = 1e-2, kappa: float = 0.0, hinge_space: str = "probability",
+          tanh_eps: float = 1e-6, check_every: int = 10, batch_size: int | None = None, autocast_dtype=None,
           channels_last: bool = False) -> AttackResult:
     """ML-CW (Sec. III-B1, Eq. 4-5): minimise ``||r||_2^2 + λ Σ_{i ∈ A∪B} max(0, y'_i F'_i(x+r) - c_i + κ)``.
 
     * Constraints on probabilities with the 0.5 threshold (Eq. 3b); ``kappa`` is an optional margin.
+      Extension (not in the paper): ``hinge_space="logit"`` writes the same constraints on the logits
+      with threshold 0 (Eq. 3a form, ``F_i >= 0.5 <=> logit_i >= 0``). On a model whose float32
+      probabilities saturate at exactly 0 or 1 (logits beyond about ±17) the probability hinge has a
+      zero gradient and the attack cannot move such labels; the logit hinge still can.
     * Distortion: the *squared* L2 norm, as Carlini & Wagner (Eq. 5 prints ``||r||``; the square is
       smooth at ``r = 0`` and has the same minimisers for the constrained problem).
     * CW change of variables ``x + r = (tanh(w) + 1)/2`` with pixels at exactly 0 or 1 mapped
@@ -153,9 +158,13 @@ def ml_cw(model, x, y, A, B, *, generator=None, progress=True, lambda_init: floa
     rt = _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last)
     _check_search(lambda_init, n_search, max_iter, lr, tanh_eps, check_every)
     V.check_positive("kappa", kappa, allow_zero=True)
+    V.check_choice("hinge_space", hinge_space, HINGE_SPACES)
+    # a logit hinge is Eq. (5) with F' the logits and c = 0 (threshold 0.5 on probabilities)
+    shift = 0.5 if hinge_space == "logit" else 0.0
 
     def hinge(logits, probs, S):
-        h = cw_hinge(probs, S["target"], S["ab"], kappa)
+        f = probs if hinge_space == "probability" else logits + shift
+        h = cw_hinge(f, S["target"], S["ab"], kappa)
         return h, n_satisfied_all(probs, S)
 
     return _search_attack("ml_cw", rt, x, y, A, B, {}, hinge, progress, "constraints", "constraints",

@@ -204,3 +204,25 @@ def test_ml_cw_beats_fgs_on_constraints(setup):
     f = attacks.fgs(model, x, y, A, B, progress=False)
     assert cw.n_satisfied.sum() >= f.n_satisfied.sum()
     assert cw.success.any()
+
+
+def test_ml_cw_logit_hinge_moves_labels_the_saturated_probability_hinge_cannot():
+    """Extension ``hinge_space="logit"``: on a model whose float32 probabilities are exactly 0 or 1,
+    Eq. (5) on probabilities has a zero gradient (the clean image comes back); on logits it succeeds."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        lin[1].weight.copy_(torch.tensor([[60.0, 0, 0, 0], [0, 60.0, 0, 0]]))
+        lin[1].bias.copy_(torch.tensor([-30.0, -30.0]))
+    model = lin.eval()
+    x = torch.tensor([[0.9, 0.1, 0.5, 0.5]]).view(1, 1, 2, 2)  # logits +24 and -24: saturated
+    y = torch.tensor([[True, False]])
+    A, B = torch.tensor([[True, False]]), torch.tensor([[False, True]])
+    assert torch.sigmoid(model(x)).eq(1.0).any()
+    kw = dict(lambda_init=10.0, n_search=3, max_iter=200, progress=False)
+    prob = attacks.ml_cw(model, x, y, A, B, **kw)
+    logit = attacks.ml_cw(model, x, y, A, B, hinge_space="logit", **kw)
+    assert not prob.success.any() and torch.equal(prob.x_adv, x)
+    assert logit.success.all() and (logit.scores[0, 0] < 0.5) and (logit.scores[0, 1] < 0.5)
+    with pytest.raises(ValueError, match="unknown hinge_space"):
+        attacks.ml_cw(model, x, y, A, B, hinge_space="logits", **kw)
