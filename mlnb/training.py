@@ -208,9 +208,11 @@ def load_model(path: str | Path, device=None, expect: dict | None = None) -> tup
     return model.eval(), meta
 
 
-def get_target_model(preset, device=None, retrain: bool = False, progress: bool = True):
+def get_target_model(preset, device=None, retrain: bool = False, progress: bool = True, dataset: str | None = None):
     """The target model of a preset (name or :class:`mlnb.presets.Preset`), trained once and cached
     under ``data_root()/models/<preset>-<hash>.pt`` (the hash covers data, model and training settings).
+    ``dataset`` picks one of ``preset.datasets`` (default: the first; the paper preset trains one
+    Inception-v3 on VOC 2007 and another on VOC 2012, as Table III does).
 
     Returns ``(model in eval mode, info)``; ``info`` holds ``path``, ``cached``, ``train_seconds``,
     ``history`` and ``test_metrics`` (Table III on ``preset.n_test`` held-out images).
@@ -222,7 +224,8 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     from .presets import check_data_available, get_preset
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    dataset = preset.datasets[0]
+    dataset = preset.datasets[0] if dataset is None else dataset
+    check_choice("dataset of this preset", dataset, preset.datasets)
     key = {"dataset": dataset, "image_size": preset.image_size, "backbone": preset.backbone,
            "pretrained": preset.pretrained, "n_train": preset.n_train, "n_test": preset.n_test,
            "train": preset.train, "seed": 0, "format": CHECKPOINT_FORMAT}

@@ -141,3 +141,8 @@ def test_default_model_quality_budget():
     test = load_dataset("animals", "test", preset.n_test, image_size=preset.image_size)
     q = model_quality(predict_scores(model, test).cpu(), test.labels)
     assert 0.90 <= q["map"] < 0.995, q
+
+
+def test_get_target_model_rejects_a_data_set_outside_the_preset():
+    with pytest.raises(ValueError, match="unknown dataset of this preset 'voc2012'"):
+        get_target_model("smoke", dataset="voc2012", progress=False)
