@@ -40,7 +40,7 @@ test: $(STAMP)
 	rm -rf build/test-results build/nbval
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 	$(TEST_ENV) $(BIN)/python -m mlnb.pipeline prepare --preset smoke --out build/nbval
-	$(TEST_ENV) $(BIN)/python -m pytest -q --nbval-lax build/nbval -p no:cacheprovider -o addopts=""
+	$(TEST_ENV) $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=300 build/nbval -p no:cacheprovider -o addopts=""
 
 test-unit: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m unit tests
