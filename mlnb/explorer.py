@@ -11,6 +11,8 @@ Introduced in notebooks/10_explorer.ipynb.
 """
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -294,7 +296,6 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
     image = W.IntSlider(value=state.index, min=0, max=state.x.shape[0] - 1, description="image")
     labels = {j: W.ToggleButtons(options=list(SETS), value=role, description=name,
@@ -304,7 +305,9 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
     budget = W.IntSlider(value=state.budget, min=1, max=BUDGET_LIMITS["iter"][1], description="budget")
     run = W.Button(description="Run", button_style="danger")
     status = W.HTML()
-    output = W.Output()
+    # the figure is shown as PNG bytes in an Image widget, not through an Output widget: capturing
+    # display() into an Output widget can leave a headless client (papermill / nbclient) waiting
+    output = W.Image(format="png")
     busy = {"sync": False}
 
     def sync(*_):
@@ -317,11 +320,11 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
         budget.description = "ε x 255" if kind == "eps" else "iterations"
         status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
         busy["sync"] = False
-        output.clear_output(wait=True)
-        with output:
-            fig = render(state, state.result)
-            display(fig)
-            plt.close(fig)
+        fig = render(state, state.result)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        output.value = buf.getvalue()
 
     def on_label(j):
         def handler(change):
