@@ -12,10 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import validate as V
-from .attack_losses import kendall_tau_b, n_satisfied, satisfied
+from .attack_losses import constraints_met, kendall_tau_b, n_met
 from .labels import divisions, kendall_criterion
 
-AUTOCAST_CHOICES = (None, torch.bfloat16, torch.float16)
+AUTOCAST_CHOICES = (None, torch.bfloat16)  # float16 has no loss scaling here: see validate_attack_inputs
 
 
 @dataclass
@@ -24,7 +24,10 @@ class AttackResult:
 
     * ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``: the adversarial images (the clean image where the
       attack found nothing better, or where the image was already in the target state).
-    * ``scores`` ``(N, L)``: probabilities of the model at ``x_adv``.
+    * ``scores`` ``(N, L)``: probabilities of the model at ``x_adv`` (float32: they round to exactly
+      0 or 1 beyond a logit of about ±17, so decide and rank on ``logits``).
+    * ``logits`` ``(N, L)``: the model's logits at ``x_adv``; success, ``n_satisfied`` and every
+      ranking metric are computed from them (logit ``>= 0`` is positive: the 0.5 threshold, exactly).
     * ``success`` ``(N,)`` bool: every label of ``A`` flipped and every label of ``B`` kept at the
       0.5 threshold (``prob >= 0.5`` is positive), computed from ``scores``.
     * ``n_satisfied`` ``(N,)`` int: constraints of Eq. (4) satisfied, out of ``n_constraints = |A| + |B|``.
@@ -38,6 +41,7 @@ class AttackResult:
 
     x_adv: torch.Tensor
     scores: torch.Tensor
+    logits: torch.Tensor
     success: torch.Tensor
     n_satisfied: torch.Tensor
     iterations: torch.Tensor
@@ -78,8 +82,13 @@ def validate_attack_inputs(model, x, y, A, B, *, batch_size, autocast_dtype, cha
     V.check_target(y, A, B)
     if batch_size is not None:
         V.check_positive("batch_size", batch_size, integer=True)
+    if autocast_dtype is torch.float16:
+        raise ValueError("autocast_dtype=torch.float16 is not supported: the attacks' gradients span many orders of "
+                         "magnitude (λ times a hinge gradient reaches 1e6 and more, a saturated label's is 1e-9) and "
+                         "float16 (max 65504, min normal 6e-5) overflows or flushes them to 0 without loss scaling; "
+                         "pass autocast_dtype=torch.bfloat16 (float32's range) or None")
     if autocast_dtype not in AUTOCAST_CHOICES:
-        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
+        raise ValueError(f"autocast_dtype must be None or torch.bfloat16, got {autocast_dtype!r}")
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
     with torch.no_grad():
@@ -141,11 +150,11 @@ def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
     logits = run_in_chunks(x.shape[0], rt.batch_size, x.device, evaluate)["logits"]
     scores = torch.sigmoid(logits)
     target, ab = y ^ A, A | B
-    nsat = n_satisfied(scores, target, ab)
+    nsat = n_met(logits, target, ab)
     ncon = ab.sum(1)
     extras = {"n_constraints": ncon, "l2": (x_adv - x).flatten(1).norm(dim=1),
-              "flipped_A": (satisfied(scores, target, A)).sum(1), **extras}
-    return AttackResult(x_adv=x_adv, scores=scores, success=nsat == ncon, n_satisfied=nsat,
+              "flipped_A": constraints_met(logits, target, A).sum(1), **extras}
+    return AttackResult(x_adv=x_adv, scores=scores, logits=logits, success=nsat == ncon, n_satisfied=nsat,
                         iterations=iterations.to(torch.int64), param=param.float(),
                         kendall_tau=kendall_tau_b(logits, kendall_criterion(y, A, B)), extras=extras)
 

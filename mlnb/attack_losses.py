@@ -1,15 +1,21 @@
-"""Loss functions of the six attacks as pure functions of scores and label masks.
+"""Loss functions of the six attacks as pure functions of logits and label masks.
 
-Everything here is batched over images: scores are ``(N, L)`` (probabilities in ``[0, 1]`` or
-logits, as each function says), masks are ``(N, L)`` bool, and every loss is returned *per image*
-``(N,)`` so that the driver can sum it (never average it) over the batch: the gradient an image
-receives then does not depend on which other images share its batch.
+Everything here is batched over images: ``logits`` are ``(N, L)``, masks are ``(N, L)`` bool, and
+every loss is returned *per image* ``(N,)`` so that the driver can sum it (never average it) over the
+batch: the gradient an image receives then does not depend on which other images share its batch.
 
-* :func:`satisfied` / :func:`n_satisfied`: the constraints of Eq. (4) with the 0.5 threshold
-  (Eq. 3b): a label counts as positive when its probability is ``>= 0.5``.
+The paper writes its constraints on probabilities ``F = sigmoid(z)``. Each loss here takes the
+*logits* and evaluates the paper's probability formula exactly (:mod:`mlnb.probability`, float64):
+the value is the formula's wherever float64 can hold it, the gradient is the true derivative (never
+float32 sigmoid's rounded 0 at a saturated label), and two labels with different logits never tie.
+
+* :func:`constraints_met` / :func:`n_met`: the constraints of Eq. (4) at the 0.5 threshold (Eq. 3b),
+  decided on the logits (``sigmoid(z) >= 0.5`` exactly when ``z >= 0``): the one definition of
+  success used by every attack, the runner and the metrics.
 * :func:`cw_hinge`: the hinge of ML-CW, Eq. (5).
 * :func:`rank_terms`: the five hinge terms of Rank I (Eq. 9, or the pairwise Eq. 8) and of Rank II
-  (Eq. 11, both constraints of Eq. 10), with the exponentials ``e^f`` of the paper.
+  (Eq. 11, both constraints of Eq. 10), on the ``e^f`` scores of the paper; :func:`rank_goal`: whether
+  every ranking constraint they encode holds *strictly* (a tie is not a success).
 * :func:`kendall_tau_b`: Kendall's tau-b between scores and ``y_tau`` (selection rule of Sec. III-C2).
 
 Introduced in notebooks/03_ml_cw.ipynb and notebooks/05_rank_attacks.ipynb.
@@ -18,85 +24,120 @@ from __future__ import annotations
 
 import torch
 
+from . import probability as P
 from .metrics import _kendall_tau_b_kernel
 
-THRESHOLD = 0.5  # classification threshold on probabilities (Sec. IV-D)
+THRESHOLD = 0.5  # classification threshold on probabilities (Sec. IV-D); logit 0
 N_RANK_TERMS = 5  # Eq. (9) has three terms, Eq. (11) adds two
 
 
-def satisfied(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+def constraints_met(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     """Which constraints of Eq. (4) hold: ``(N, L)`` bool, True where label ``i ∈ A ∪ B`` is on the
-    target side of the threshold (``prob >= 0.5`` for a positive target ``y*_i``, ``< 0.5`` otherwise).
+    target side of the threshold: ``F_i >= 0.5`` (logit ``>= 0``) for a positive target ``y*_i``,
+    ``F_i < 0.5`` (logit ``< 0``) otherwise.
 
-    ``probs`` ``(N, L)`` probabilities, ``target`` = ``y*`` ``(N, L)`` bool, ``ab`` = ``A | B``.
+    ``logits`` ``(N, L)``, ``target`` = ``y*`` ``(N, L)`` bool, ``ab`` = ``A | B``.
     """
+    return ab & ((logits >= 0) == target)
+
+
+def n_met(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """Number of constraints of Eq. (4) that hold per image, ``(N,)`` int64 (from logits)."""
+    return constraints_met(logits, target, ab).sum(1)
+
+
+def cw_hinge(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0,
+             space: str = "probability") -> torch.Tensor:
+    """ML-CW's constraint penalty, Eq. (5): ``sum_i max(0, y'_i F'_i(x + r) - c_i + kappa)`` over ``A ∪ B``,
+    ``(N,)`` float64.
+
+    With the sigmoid output and the 0.5 threshold (Eq. 3b), ``y'_i = -s_i`` and ``c_i = -0.5 s_i``
+    where ``s_i = +1`` if the target label ``y*_i`` is positive and ``-1`` otherwise, so each term is
+    ``max(0, kappa - s_i (F_i - 0.5))``, evaluated exactly from the logits (:func:`mlnb.probability.prob_margin`).
+    ``kappa >= 0`` is an optional margin (0 in the paper). ``space="logit"`` (an extension, not the
+    paper's) writes the same constraints on the logits: ``max(0, kappa - s_i z_i)``.
+    """
+    if space == "logit":
+        z = logits.double()
+        margin = torch.where(target, z, -z)
+    else:
+        margin = P.prob_margin(logits, target)
+    return (torch.clamp(kappa - margin, min=0) * ab).sum(1)
+
+
+def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
+    """How far the labels of ``A ∪ B`` still are from their target side, in logits, ``(N,)`` float64:
+    ``sum_i max(0, kappa' - s_i z_i)`` with ``kappa'`` the margin ``kappa`` as a logit. The driver's
+    early abort watches it beside the loss: a saturated label (logit 30 moving to 25) changes the
+    probability hinge by 1e-11 but this sum by 5."""
+    z = logits.double()
+    margin = torch.where(target, z, -z)
+    k = P.logit(0.5 + kappa) if 0 < kappa < 0.5 else (0.0 if kappa <= 0 else 40.0)
+    return (torch.clamp(k - margin, min=0) * ab).sum(1)
+
+
+# deprecated names: the same tests on probabilities (which round: prefer constraints_met on logits)
+def satisfied(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """Deprecated: :func:`constraints_met` on probabilities (``prob >= 0.5``); rounds for saturated labels."""
     return ab & ((probs >= THRESHOLD) == target)
 
 
 def n_satisfied(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Number of satisfied constraints of Eq. (4) per image, ``(N,)`` int64."""
+    """Deprecated: :func:`n_met` on probabilities."""
     return satisfied(probs, target, ab).sum(1)
 
 
-def cw_hinge(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
-    """ML-CW's constraint penalty, Eq. (5): ``sum_i max(0, y'_i F'_i(x + r) - c_i + kappa)`` over ``A ∪ B``.
-
-    With the sigmoid output and the 0.5 threshold (Eq. 3b), ``y'_i = -s_i`` and ``c_i = -0.5 s_i``
-    where ``s_i = +1`` if the target label ``y*_i`` is positive and ``-1`` otherwise, so each term is
-    ``max(0, kappa - s_i (f_i - 0.5))``. ``kappa >= 0`` is an optional margin (0 in the paper).
-    Returns ``(N,)``.
-    """
-    s = target.to(probs.dtype) * 2 - 1
-    terms = torch.clamp(kappa - s * (probs - THRESHOLD), min=0)
-    return (terms * ab).sum(1)
+def _masked_extreme(z: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Max (``largest``) or min of ``z`` over ``mask`` along the last axis; 0 where ``mask`` is empty."""
+    fill = -torch.inf if largest else torch.inf
+    zz = torch.where(mask, z, fill)
+    out = zz.amax(-1) if largest else zz.amin(-1)
+    return torch.where(mask.any(-1), out, 0.0)
 
 
-def _masked_max(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, v, torch.full_like(v, -torch.inf)).amax(1)
+def _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold):
+    """The (low, high) label-set pairs of the five terms, ``(N, 5, L)`` each; for a hard threshold the
+    Ω◦ side of terms 1 and 2 is empty (the threshold stands in for it)."""
+    none = torch.zeros_like(omega_minus)
+    mid_lo, mid_hi = (omega_zero, omega_zero) if threshold is None else (none, none)
+    lo = torch.stack([omega_minus, omega_minus, mid_lo, A1, B1], 1)
+    hi = torch.stack([omega_plus, mid_hi, omega_plus, Bm1, Am1], 1)
+    return lo, hi
 
 
-def _masked_min(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, v, torch.full_like(v, torch.inf)).amin(1)
+def _extremes(logits, lo, hi, threshold):
+    """Per term: the largest logit of the low set and the smallest of the high set, ``(N, 5)`` float64,
+    and whether the term exists (both sides non-empty), ``(N, 5)`` bool. With a hard threshold ``t``
+    the missing side of terms 1 and 2 is the constant ``logit(t)``."""
+    z = logits.double().unsqueeze(1)
+    zmax = _masked_extreme(z, lo, largest=True)
+    zmin = _masked_extreme(z, hi, largest=False)
+    valid = lo.any(2) & hi.any(2)
+    if threshold is not None:  # term 1: Ω- against t; term 2: t against Ω+
+        zt = P.logit(float(threshold))
+        k = torch.arange(5, device=logits.device)
+        zmin = torch.where(k == 1, zt, zmin)
+        zmax = torch.where(k == 2, zt, zmax)
+        valid = torch.where(k == 1, lo.any(2), torch.where(k == 2, hi.any(2), valid))
+    return zmax, zmin, valid
 
 
-def _hinge_maxmin(e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``max(0, max_{lo} e - min_{hi} e)`` per image; 0 where either set is empty (finite gradient)."""
-    valid = lo.any(1) & hi.any(1)
-    diff = _masked_max(e, lo) - _masked_min(e, hi)
-    return torch.where(valid, torch.clamp(torch.where(valid, diff, 0.0), min=0), 0.0)
-
-
-def _hinge_pairwise(e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``1/(|lo||hi|) sum_{(a, b) ∈ lo x hi} max(0, e_a - e_b)`` per image (Eq. 8); 0 for an empty set."""
-    pairs = lo[:, :, None] & hi[:, None, :]
-    diff = torch.clamp(e[:, :, None] - e[:, None, :], min=0) * pairs
-    return diff.flatten(1).sum(1) / pairs.flatten(1).sum(1).clamp(min=1)
-
-
-def _hinge_threshold(e: torch.Tensor, mask: torch.Tensor, e_t: float, below: bool) -> torch.Tensor:
-    """Ω◦ replaced by a hard threshold: ``max(0, max_mask e - e^t)`` (below) or ``max(0, e^t - min_mask e)``."""
-    if below:
-        return torch.where(mask, torch.clamp(e - e_t, min=0), 0.0).amax(1)
-    return torch.where(mask, torch.clamp(e_t - e, min=0), 0.0).amax(1)
-
-
-def _hinge_threshold_pairwise(e: torch.Tensor, mask: torch.Tensor, e_t: float, below: bool) -> torch.Tensor:
-    d = torch.clamp(e - e_t if below else e_t - e, min=0) * mask
-    return d.sum(1) / mask.sum(1).clamp(min=1)
-
-
-def rank_terms(probs: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,
+def rank_terms(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,
                omega_zero: torch.Tensor, A1: torch.Tensor, Bm1: torch.Tensor, B1: torch.Tensor,
                Am1: torch.Tensor, *, pairwise: bool = False, threshold: float | None = None) -> torch.Tensor:
-    """The five ranking hinge terms, ``(N, 5)``, each ``>= 0`` and finite, computed on ``e^{f}``.
+    """The five ranking hinge terms, ``(N, 5)`` float64, each ``>= 0`` and finite, on ``e^{F}``.
 
-    Columns (``f`` = probabilities, ``e = exp(f)`` as in the paper):
+    Columns (``F = sigmoid(logits)``, ``e = exp(F)`` as in the paper):
 
     0. ``max(0, max_{Ω-} e - min_{Ω+} e)``       Eq. (9), term of λ1
     1. ``max(0, max_{Ω-} e - min_{Ω◦} e)``       Eq. (9), term of λ2
     2. ``max(0, max_{Ω◦} e - min_{Ω+} e)``       Eq. (9), term of λ3
     3. ``max(0, max_{A1} e - min_{B-1} e)``      Eq. (11), first constraint of Eq. (10)
     4. ``max(0, max_{B1} e - min_{A-1} e)``      Eq. (11), second constraint of Eq. (10)
+
+    The max / min are taken on the logits (``e^{sigmoid(z)}`` is increasing in ``z``) and each
+    difference ``e^{F_a} - e^{F_b}`` is evaluated exactly (:func:`mlnb.probability.exp_gap`): labels
+    at logits 18 and 20 differ by 1.3e-8 here, not 0 as in float32.
 
     ``pairwise=True`` replaces every max/min by the mean over label pairs (Eq. 8; Eq. 10 is already
     written over pairs). ``threshold=t`` replaces the soft middle ``f_γ`` by the constant ``t``
@@ -106,35 +147,46 @@ def rank_terms(probs: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch
     A term whose label set is empty for an image is 0 for that image ("if Ω◦ = ∅ the last two terms
     are nonexistent"); the first term is kept even when Ω◦ ≠ ∅ (the paper says it *could* be dropped).
     """
-    e = torch.exp(probs)
-    if pairwise:
-        cols = [_hinge_pairwise(e, omega_minus, omega_plus)]
-        if threshold is None:
-            cols += [_hinge_pairwise(e, omega_minus, omega_zero), _hinge_pairwise(e, omega_zero, omega_plus)]
+    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
+    if not pairwise:
+        zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
+        return torch.where(valid, torch.clamp(P.exp_gap(zmax, zmin), min=0), 0.0)
+    z = logits.double()
+    zt = None if threshold is None else torch.full_like(z, P.logit(float(threshold)))
+    cols = []
+    for k in range(5):
+        if zt is not None and k == 1:  # Ω- against the threshold
+            d, pairs = torch.clamp(P.exp_gap(z, zt), min=0), lo[:, k]
+        elif zt is not None and k == 2:  # the threshold against Ω+
+            d, pairs = torch.clamp(P.exp_gap(zt, z), min=0), hi[:, k]
         else:
-            e_t = float(torch.exp(torch.tensor(float(threshold))))
-            cols += [_hinge_threshold_pairwise(e, omega_minus, e_t, True),
-                     _hinge_threshold_pairwise(e, omega_plus, e_t, False)]
-        cols += [_hinge_pairwise(e, A1, Bm1), _hinge_pairwise(e, B1, Am1)]
-        return torch.stack(cols, 1)
-    # max/min form: every max-min term in one batched pass over a (N, T, L) stack of label sets
-    # (a few kernels per step instead of a dozen per term; same values)
-    if threshold is None:
-        return _hinge_maxmin_stack(e, torch.stack([omega_minus, omega_minus, omega_zero, A1, B1], 1),
-                                   torch.stack([omega_plus, omega_zero, omega_plus, Bm1, Am1], 1))
-    e_t = float(torch.exp(torch.tensor(float(threshold))))
-    mm = _hinge_maxmin_stack(e, torch.stack([omega_minus, A1, B1], 1), torch.stack([omega_plus, Bm1, Am1], 1))
-    return torch.cat([mm[:, :1], _hinge_threshold(e, omega_minus, e_t, True)[:, None],
-                      _hinge_threshold(e, omega_plus, e_t, False)[:, None], mm[:, 1:]], 1)
+            pair = lo[:, k, :, None] & hi[:, k, None, :]
+            d = torch.clamp(P.exp_gap(z[:, :, None], z[:, None, :]), min=0)
+            d, pairs = d.flatten(1), pair.flatten(1)
+        cols.append((d * pairs).sum(1) / pairs.sum(1).clamp(min=1))
+    return torch.stack(cols, 1)
 
 
-def _hinge_maxmin_stack(e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """:func:`_hinge_maxmin` for ``T`` pairs of label sets at once: ``e`` ``(N, L)``, ``lo``/``hi``
-    ``(N, T, L)`` bool -> ``(N, T)``."""
-    valid = lo.any(2) & hi.any(2)
-    ee = e.unsqueeze(1)
-    diff = torch.where(lo, ee, -torch.inf).amax(2) - torch.where(hi, ee, torch.inf).amin(2)
-    return torch.where(valid, torch.clamp(torch.where(valid, diff, 0.0), min=0), 0.0)
+def rank_goal(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,
+              omega_zero: torch.Tensor, A1: torch.Tensor, Bm1: torch.Tensor, B1: torch.Tensor,
+              Am1: torch.Tensor, weights: torch.Tensor, *, threshold: float | None = None) -> torch.Tensor:
+    """``(N,)`` bool: every ranking constraint encoded by the terms with a non-zero weight holds
+    *strictly* (``max_{low} z < min_{high} z``, on logits: the same order as ``e^F``, exactly). A tie
+    is not a success: the hinge of a tie is 0, but the label has not gone below the one it must."""
+    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
+    zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
+    need = valid & (weights.to(logits.device) > 0)
+    return ((zmax < zmin) | ~need).all(1)
+
+
+def rank_progress(logits: torch.Tensor, omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1,
+                  weights: torch.Tensor, *, threshold: float | None = None) -> torch.Tensor:
+    """The ranking hinge written on logits, ``sum_k w_k max(0, max_{low_k} z - min_{high_k} z)``, ``(N,)``
+    float64: what the driver's early abort watches beside the loss (it does not saturate)."""
+    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
+    zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
+    d = torch.where(valid, torch.clamp(zmax - zmin, min=0), 0.0)
+    return d @ weights.to(d.device, d.dtype)
 
 
 def rank_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -142,7 +194,7 @@ def rank_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
     ``weights`` ``(5,)`` are ``λ_i / λ``: ``(1, 1, 1, 0, 0)`` is Rank I, ``(1, 1, 1, 1, 1)`` Rank II.
     """
-    return terms @ weights.to(terms.dtype)
+    return terms @ weights.to(terms.device, terms.dtype)
 
 
 # Kendall tau-b (selection rule of Sec. III-C2): one kernel, shared with mlnb.metrics (unvalidated here).

@@ -1,4 +1,5 @@
-"""FGS and FG kernels (Sec. IV-C): one gradient of the per-label sigmoid loss, many ε.
+"""FGS and FG kernels (Sec. IV-C): one gradient of the per-label sigmoid loss, many ε, and the two
+ways of choosing ε: per image (mlnb) or one per scenario (the paper).
 
 Introduced in notebooks/02_baselines_fgs_fg.ipynb.
 """
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .attack_core import Runtime
-from .attack_losses import n_satisfied
+from .attack_losses import n_met
 
 
 def target_gradient(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -32,23 +33,33 @@ def direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     return (unit * flat.shape[1] ** 0.5).view_as(g)
 
 
-def one_step(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tensor,
-             eps_grid: torch.Tensor, norm: str) -> dict:
-    """Best of ``clip(x - ε d)`` over ``eps_grid`` (ascending, starting at 0) per image, by (most
-    constraints of Eq. 4 satisfied, then smaller L2 distortion). Returns ``x_adv``, ``eps``."""
+def grid_scores(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tensor,
+                eps_grid: torch.Tensor, norm: str) -> dict:
+    """One gradient per image, then ``clip(x - ε d)`` scored for every ``ε`` of ``eps_grid`` ``(G,)``.
+
+    Returns ``d`` ``(n, C, H, W)`` (the unit step of :func:`direction`), ``n_met`` ``(n, G)`` int64
+    (constraints of Eq. 4 met, decided on logits) and ``l2`` ``(n, G)`` (``||x_adv - x||_2``)."""
     d = direction(target_gradient(rt, x, target, ab), norm)
-    best_x = x.clone()
-    best_eps = torch.zeros(x.shape[0], device=x.device)
-    best_key = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
-    best_dist = torch.full((x.shape[0],), torch.inf, device=x.device)
+    n_met_, l2 = [], []
     with torch.no_grad():
         for eps in eps_grid.tolist():
             xa = (x - eps * d).clamp(0, 1)
-            nsat = n_satisfied(torch.sigmoid(rt.logits(xa)), target, ab)
-            dist = (xa - x).flatten(1).norm(dim=1)
-            imp = (nsat > best_key) | ((nsat == best_key) & (dist < best_dist))
-            best_x = torch.where(imp.view(-1, 1, 1, 1), xa, best_x)
-            best_eps = torch.where(imp, eps, best_eps)
-            best_key = torch.where(imp, nsat, best_key)
-            best_dist = torch.where(imp, dist, best_dist)
-    return {"x_adv": best_x, "eps": best_eps}
+            n_met_.append(n_met(rt.logits(xa), target, ab))
+            l2.append((xa - x).flatten(1).norm(dim=1))
+    return {"d": d, "n_met": torch.stack(n_met_, 1), "l2": torch.stack(l2, 1)}
+
+
+def pick_per_image(n_met_: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """Index ``(n,)`` of each image's best ``ε``: most constraints met, ties -> smaller L2, then the
+    smaller ``ε`` (mlnb's per-image search)."""
+    top = n_met_ == n_met_.amax(1, keepdim=True)
+    return torch.where(top, l2, torch.inf).argmin(1)  # the first (smallest ε) of equal L2
+
+
+def pick_scenario(n_met_: torch.Tensor, n_constraints: torch.Tensor) -> int:
+    """Index of the one ``ε`` for a whole scenario (the paper's reading of Sec. IV-C): most images
+    with every constraint met, then most constraints met in total, then the smaller ``ε``."""
+    full = (n_met_ == n_constraints[:, None]).sum(0).double()
+    total = n_met_.sum(0).double()
+    key = full * (n_met_.numel() + 1) + total
+    return int(key.argmax())

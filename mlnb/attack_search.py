@@ -2,8 +2,15 @@
 
 It owns Carlini-Wagner's change of variables, per-image Adam, the per-image binary search on λ,
 best-so-far bookkeeping, per-image early abort and active-batch shrinking; an attack contributes
-only a per-image loss ``hinge(logits, probs, aux) -> (hinge (n,), goal_reached (n,) bool)`` and two
-selection rules (within one λ run, and across λ).
+only a per-image loss ``hinge(logits, state) -> (hinge (n,) float64, goal_reached (n,) bool,
+progress (n,) float64)`` and two selection rules (within one λ run, and across λ).
+
+Exact bookkeeping (no decision is lost to float32 rounding): the hinge comes in float64 from the
+exact probability kernels (:mod:`mlnb.probability`), the distortion is summed in float64, and the
+loss ``||r||^2 + λ h`` is formed in float64 (in float32 a change of distortion vanishes beside
+``λ h`` at λ = 1e7). A run is aborted early only when *neither* the loss *nor* the logit-space
+``progress`` measure has fallen by a relative :data:`ABORT_REL` over a window: a saturated label
+whose logit still falls (30 -> 25 moves the probability hinge by 1e-11) keeps its run alive.
 
 Every image runs its own schedule: ``n_search`` runs of at most ``max_iter`` Adam steps, each run
 restarted from the clean image with its own λ. Images are never synchronised with each other
@@ -28,11 +35,11 @@ from typing import Callable
 import torch
 
 from .attack_core import Runtime, flush_finished
-from .attack_losses import kendall_tau_b, n_satisfied
+from .attack_losses import kendall_tau_b, n_met
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-ABORT_REL = 1e-4  # early abort: loss not below (1 - 1e-4) x its value a window earlier (as CW)
+ABORT_REL = 1e-4  # early abort: loss and progress both not below (1 - 1e-4) x their values a window earlier
 SELECT_CHOICES = ("constraints", "tau", "constraints_tau")
 SHRINK = True  # default of optimize(shrink=None): finished images leave the active batch
 EARLY_ABORT = True  # default of optimize(early_abort=None)
@@ -99,7 +106,7 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
     need_tau = "tau" in run_select or "tau" in final_select
     with torch.no_grad():
         logits0 = rt.logits(x)
-    nsat0 = n_satisfied(torch.sigmoid(logits0), aux["target"], aux["ab"])
+    nsat0 = n_met(logits0, aux["target"], aux["ab"])
     tau0 = _tau(logits0, aux["ytau"])
     zeros = torch.zeros(n, device=dev, dtype=torch.float64)
     i64 = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -108,8 +115,9 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
     w0 = to_w(x, tanh_eps)
     lam = torch.full((n,), float(lambda_init), device=dev, dtype=torch.float64)
     S = {"x0": x, "w0": w0, "w": w0.clone(), "m": torch.zeros_like(x), "v": torch.zeros_like(x),
-         "k": i64.clone(), "s": i64.clone(), "lam": lam, "lamf": lam.float(), "lo": zeros.clone(),
-         "hi": torch.full_like(zeros, torch.inf), "prev": torch.full_like(zeros, torch.inf), "iters": i64.clone(),
+         "k": i64.clone(), "s": i64.clone(), "lam": lam, "lo": zeros.clone(),
+         "hi": torch.full_like(zeros, torch.inf), "prev": torch.full_like(zeros, torch.inf),
+         "prev_prog": torch.full_like(zeros, torch.inf), "iters": i64.clone(),
          "ok": torch.zeros(n, dtype=torch.bool, device=dev), "nok": i64.clone(),
          "rb_x": x.clone(), "rb_nsat": torch.full_like(nsat0, -1), "rb_tau": torch.full_like(tau0, -torch.inf),
          "rb_dist": torch.full_like(zeros, torch.inf),
@@ -141,18 +149,17 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
             xa = (t + 1).div_(2)
         xa.requires_grad_(True)
         logits = rt.logits(xa)
-        probs = torch.sigmoid(logits)
-        h, goal = hinge(logits, probs, S)
-        (g,) = torch.autograd.grad((S["lamf"] * h).sum(), xa)
+        h, goal, prog = hinge(logits, S)
+        (g,) = torch.autograd.grad((S["lam"] * h).sum(), xa)
         with torch.no_grad():
             xa, h = xa.detach(), h.detach()
             d = xa - S["x0"]
-            dist = d.flatten(1).pow(2).sum(1)
-            loss = (dist + S["lamf"] * h).double()
+            dist = d.flatten(1).double().pow(2).sum(1)
+            loss = dist + S["lam"] * h
             # gradient w.r.t. w of ||xa - x0||^2 + λ h: (g + 2d) / 2 * (1 - t^2); the exact factor 1/2 is
             # carried by Adam's state instead (m and v hold 2x and 4x their values, eps is doubled)
             g = torch.ops.aten.tanh_backward(g.add_(d, alpha=2), t)
-            new = {"nsat": n_satisfied(probs, S["target"], S["ab"]), "dist": dist.double(),
+            new = {"nsat": n_met(logits.detach(), S["target"], S["ab"]), "dist": dist,
                    "tau": _tau(logits.detach(), S["ytau"]) if need_tau else S["rb_tau"]}
             # best iterate of the current λ run
             imp = live & better(run_select, new, {"nsat": S["rb_nsat"], "tau": S["rb_tau"], "dist": S["rb_dist"]})
@@ -170,8 +177,13 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
             S["k"] = k0 + live
             S["iters"] += live
             check = live & is_check[k0]
-            abort = check & (loss > S["prev"] * abort_factor)
+            prog = prog.detach()
+            # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
+            # has stalled in both the loss and the logit-space progress (no success is given up)
+            settled = S["ok"] & (new["nsat"] == S["ab"].sum(1))
+            abort = check & settled & (loss > S["prev"] * abort_factor) & (prog >= S["prev_prog"] * abort_factor)
             S["prev"] = torch.where(check, loss, S["prev"])
+            S["prev_prog"] = torch.where(check, prog, S["prev_prog"])
             end = live & ((S["k"] >= max_iter) | abort)
             ended = not host or bool(end.any())
             if ended:
@@ -208,13 +220,13 @@ def _end_of_run(S: dict, end: torch.Tensor, final_select: str, host: bool) -> No
     S["lo"] = torch.where(end & ~ok, torch.maximum(S["lo"], S["lam"]), S["lo"])
     new_lam = torch.where(torch.isfinite(S["hi"]), (S["lo"] + S["hi"]) / 2, S["lam"] * 10)
     S["lam"] = torch.where(end, new_lam, S["lam"])
-    S["lamf"] = S["lam"].float()
     S["nok"] = S["nok"] + (end & ok)
     S["s"] = S["s"] + end
     # restart: w from the clean image; Adam's m and v are zeroed by the decay factor of step k = 0
     S["w"] = _set_rows(S["w"], end, S["w0"], host)
     S["k"] = torch.where(end, 0, S["k"])
     S["prev"] = torch.where(end, torch.inf, S["prev"])
+    S["prev_prog"] = torch.where(end, torch.inf, S["prev_prog"])
     S["ok"] = S["ok"] & ~end
     S["rb_nsat"] = torch.where(end, -1, S["rb_nsat"])
     S["rb_tau"] = torch.where(end, -torch.inf, S["rb_tau"])

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .probability import sigmoid as exact_sigmoid
 from .models import AUX_WEIGHT, build_model, predict_scores
 from .utils import data_root, param_hash
 from .validate import check_choice, check_label_matrix, check_positive
@@ -66,7 +67,9 @@ def eq12_loss(logits: torch.Tensor, y: torch.Tensor, lam: float = 0.5, scores: s
     check_choice("scores", scores, SCORE_KINDS)
     if logits.shape != y.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must have the same shape")
-    f = torch.sigmoid(logits) if scores == "probability" else logits
+    # the exact-gradient sigmoid: a label at logit 20 (probability 1.0 in float32) keeps its true,
+    # tiny gradient instead of torch.sigmoid's rounded 0 (mlnb.probability)
+    f = exact_sigmoid(logits) if scores == "probability" else logits
     return lam * _pair_term(f, y).mean() + _pair_term(f.t(), y.t()).mean()
 
 
@@ -228,7 +231,8 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     check_choice("dataset of this preset", dataset, preset.datasets)
     key = {"dataset": dataset, "image_size": preset.image_size, "backbone": preset.backbone,
            "pretrained": preset.pretrained, "n_train": preset.n_train, "n_test": preset.n_test,
-           "train": preset.train, "seed": 0, "format": CHECKPOINT_FORMAT}
+           "train": preset.train, "seed": 0, "format": CHECKPOINT_FORMAT,
+           "eq12_gradient": "exact"}  # models trained before the exact-gradient sigmoid are not reused
     path = data_root() / "models" / f"{preset.name}-{param_hash(key)}.pt"
     if path.is_file() and not retrain:
         model, meta = load_model(path, device=device, expect={"backbone": preset.backbone,

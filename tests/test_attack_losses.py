@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mlnb.attack_core import rank_masks
-from mlnb.attack_losses import (cw_hinge, kendall_tau_b, n_satisfied, rank_loss, rank_terms, satisfied)
+from mlnb.attack_losses import cw_hinge, kendall_tau_b, n_met, rank_loss, rank_terms, constraints_met
 from mlnb.labels import kendall_criterion
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -19,9 +19,14 @@ def _b(*rows):
     return torch.tensor(rows, dtype=torch.bool)
 
 
+def _logit(probs):
+    """The logits of hand-picked probabilities (the kernels take logits)."""
+    return torch.logit(torch.as_tensor(probs, dtype=torch.float64))
+
+
 def _terms(probs, y, A, B, omega_zero="C", **kw):
     m = rank_masks(y, A, B, omega_zero)
-    return rank_terms(probs, m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], **kw)
+    return rank_terms(_logit(probs), m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], **kw)
 
 
 def test_paper_counter_example_rank1_zero_rank2_not():
@@ -70,8 +75,9 @@ def test_empty_sets_contribute_zero_with_finite_grads(pairwise):
     y = _b([True, True, True], [True, False, False])
     A = torch.ones_like(y)
     B = torch.zeros_like(y)
-    p = torch.tensor([[0.7, 0.8, 0.9], [0.9, 0.6, 0.7]], requires_grad=True)
-    t = _terms(p, y, A, B, pairwise=pairwise)
+    p = _logit([[0.7, 0.8, 0.9], [0.9, 0.6, 0.7]]).requires_grad_(True)
+    m = rank_masks(y, A, B, "C")
+    t = rank_terms(p, m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], pairwise=pairwise)
     assert torch.isfinite(t).all()
     assert t[0].eq(0).all()  # first image: Ω+ = ∅, Ω◦ = ∅, B-1 = ∅, A-1 = ∅ -> every term 0
     # second image: Ω- = A1 = {0}, Ω+ = A-1 = {1, 2}: 0.9 above 0.6 is penalised
@@ -86,13 +92,16 @@ def test_cw_hinge_by_hand():
     A = _b([True, False, False])
     B = _b([False, True, False])
     target, ab = y ^ A, A | B
-    p = torch.tensor([[0.8, 0.6, 0.1]])
+    z = _logit([[0.8, 0.6, 0.1]])
     # label 0 must drop below 0.5 (0.8 -> 0.3 over), label 1 must stay below (0.6 -> 0.1 over); 2 in C
-    assert cw_hinge(p, target, ab).item() == pytest.approx(0.3 + 0.1)
-    assert cw_hinge(p, target, ab, kappa=0.05).item() == pytest.approx(0.35 + 0.15)
-    assert n_satisfied(p, target, ab).item() == 0
-    q = torch.tensor([[0.5, 0.49, 0.9]])  # 0.5 counts as positive
-    assert satisfied(q, target, ab).tolist() == [[False, True, False]]
+    assert cw_hinge(z, target, ab).item() == pytest.approx(0.3 + 0.1, rel=1e-12)
+    assert cw_hinge(z, target, ab, kappa=0.05).item() == pytest.approx(0.35 + 0.15, rel=1e-12)
+    assert n_met(z, target, ab).item() == 0
+    q = _logit([[0.5, 0.49, 0.9]])  # 0.5 (logit 0) counts as positive
+    assert constraints_met(q, target, ab).tolist() == [[False, True, False]]
+    # the logit-space extension: max(0, kappa - s z)
+    want = float(z[0, 0]) + float(z[0, 1])
+    assert cw_hinge(z, target, ab, space="logit").item() == pytest.approx(want, rel=1e-12)
 
 
 def test_kendall_tau_b_matches_scipy():

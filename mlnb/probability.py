@@ -1,0 +1,108 @@
+"""Exact probability-space arithmetic from logits: the paper's formulas without float32 rounding.
+
+The paper writes its constraints and losses on probabilities ``F_i = sigmoid(z_i)`` (Eq. 3b, 5, 9,
+11, 12). Computed naively they break twice over where a model is confident:
+
+* **values round**: ``sigmoid(z)`` is exactly ``1.0`` in float32 once ``z`` passes about 16.6, so two
+  labels at logits 18 and 20 *tie* at 1.0, and a hinge such as ``max(0, F_a - F_b)`` reads 0 although
+  label ``a`` still ranks above ``b``;
+* **gradients vanish**: ``torch.sigmoid`` backpropagates ``p (1 - p)`` from its *rounded* output,
+  exactly 0 at ``p = 1.0``, so Eq. (5) and the ``e^f`` terms of Eq. (9)/(11) stop moving a saturated
+  label whatever λ is.
+
+Everything here is computed from the logits instead, in float64, so that each value equals the
+paper's formula wherever float64 can represent it and each gradient is the true derivative:
+
+* :func:`sigmoid`: ``sigmoid(z)`` whose backward computes ``sigma(z) sigma(-z)`` from ``z`` itself
+  (``e^{-|z|} / (1 + e^{-|z|})^2``), non-zero for ``|z|`` up to about 700 in float64 (about 100 once
+  cast back to float32);
+* :func:`centered`: ``sigmoid(z) - 0.5`` (= ``tanh(z/2)/2``), exact for tiny and huge ``z``;
+* :func:`gap`: ``sigmoid(a) - sigmoid(b)`` for any pair of logits, by the form that cancels nothing:
+  ``sigma(-b) - sigma(-a)`` (both large positive), ``sigma(a) - sigma(b)`` (both large negative),
+  ``centered(a) - centered(b)`` otherwise. Distinct logits give a non-zero gap of the right sign
+  (down to differences float64 can hold);
+* :func:`exp_gap`: ``e^{sigmoid(a)} - e^{sigmoid(b)} = e^{sigmoid(b)} expm1(gap(a, b))``, the
+  difference compared by Rank I / II (Eq. 9, 11);
+* :func:`prob_margin`: ``s (sigmoid(z) - 0.5)`` for a target sign ``s = ±1``, the quantity of Eq. (5).
+
+The results are float64 tensors (cast back with ``.float()`` where a float32 tensor is needed).
+Decisions (a label is positive, a constraint holds, a ranking is right) are taken on the logits
+directly: ``sigmoid(z) >= 0.5`` exactly when ``z >= 0``.
+
+Introduced in notebooks/03_ml_cw.ipynb.
+"""
+from __future__ import annotations
+
+import torch
+
+SMALL = 1.0  # |z| below this: centered() by tanh (no cancellation near 0); above: by complements
+
+
+class _ExactSigmoid(torch.autograd.Function):
+    """``sigmoid`` with the derivative taken from the input, not from the rounded output."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.sigmoid(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        e = torch.exp(-z.abs())
+        return grad * (e / (1 + e) ** 2)
+
+
+def sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(z)`` in ``z``'s dtype whose gradient is ``sigma(z) sigma(-z)`` computed from ``z``
+    (exact where ``torch.sigmoid``'s backward rounds to 0, e.g. ``z = 20`` in float32). Any shape."""
+    return _ExactSigmoid.apply(z)
+
+
+def centered(z: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(z) - 0.5`` in float64, any shape: ``tanh(z/2)/2`` for ``|z| < 1`` (exact near 0),
+    ``sign(z) (0.5 - sigma(-|z|))`` beyond (exact gradient where ``tanh`` saturates)."""
+    z = z.double()
+    small = z.abs() < SMALL
+    near = 0.5 * torch.tanh(torch.where(small, z, 0.0) / 2)
+    far = torch.sign(z) * (0.5 - sigmoid(-torch.where(small, 1.0, z).abs()))
+    return torch.where(small, near, far)
+
+
+def gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(a) - sigmoid(b)`` in float64 (broadcasting), without cancellation: ``sigma(-b) -
+    sigma(-a)`` where both logits are ``>= 1``, ``sigma(a) - sigma(b)`` where both are ``<= -1``,
+    ``centered(a) - centered(b)`` otherwise (opposite signs add magnitudes; small ones are exact).
+    Its sign is the sign of ``a - b``; its gradient is the true one."""
+    a, b = torch.broadcast_tensors(a.double(), b.double())
+    hi = (a >= SMALL) & (b >= SMALL)
+    lo = (a <= -SMALL) & (b <= -SMALL)
+    one = torch.ones_like(a)
+    # each branch sees safe dummy inputs where it is not selected, so no NaN leaks into the gradient
+    g_hi = sigmoid(-torch.where(hi, b, one)) - sigmoid(-torch.where(hi, a, one))
+    g_lo = sigmoid(torch.where(lo, a, -one)) - sigmoid(torch.where(lo, b, -one))
+    mid = ~(hi | lo)
+    g_mid = centered(torch.where(mid, a, 0.0)) - centered(torch.where(mid, b, 0.0))
+    return torch.where(hi, g_hi, torch.where(lo, g_lo, g_mid))
+
+
+def exp_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``e^{sigmoid(a)} - e^{sigmoid(b)}`` in float64 (broadcasting): ``e^{sigmoid(b)} expm1(gap(a, b))``.
+    The difference of the ``e^f`` scores that Eq. (9) and (11) compare, exact for saturated labels."""
+    a, b = torch.broadcast_tensors(a.double(), b.double())
+    return torch.exp(sigmoid(b)) * torch.expm1(gap(a, b))
+
+
+def prob_margin(z: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """``s (sigmoid(z) - 0.5)`` in float64 with ``s = +1`` where ``positive`` (the target label is
+    positive) and ``-1`` elsewhere: how far a label's probability is past the 0.5 threshold on its
+    target side (negative: the constraint of Eq. 4 is violated). ``z``, ``positive`` ``(N, L)``."""
+    c = centered(z)
+    return torch.where(positive, c, -c)
+
+
+def logit(p: float) -> float:
+    """``log(p / (1 - p))`` of a probability in ``(0, 1)`` (to express a hard threshold on logits)."""
+    import math
+
+    return math.log(p) - math.log1p(-p)
