@@ -1,4 +1,11 @@
-"""ML-DP kernel: the multi-label DeepFool of Algorithm 1 (Eq. 6-7), batched over images.
+"""ML-DP kernel: the multi-label DeepFool of Algorithm 1 (Eq. 6-7), batched over images, in two forms.
+
+* ``"greedy"`` (mlnb's form, the default): constraints linearised on the *logits*, only the currently
+  violated ones enter ``P``, an overshoot of 0.02, early stop once every constraint holds.
+* ``"paper"``: Algorithm 1 and Eq. (6)-(7) as printed: the sigmoid *probabilities* ``F`` linearised,
+  all ``|A| + |B|`` constraints as equalities ``F_k + ∇F_k^T Δr = 0.5``, ``max_iter + 1`` steps.
+
+Both solve for the minimum-norm step ``Δr = P (P^T P)^+ q`` with :func:`min_norm_step`.
 
 Introduced in notebooks/04_ml_deepfool.ipynb.
 """
@@ -7,9 +14,23 @@ from __future__ import annotations
 import torch
 
 from .attack_core import Runtime, flush_finished
-from .attack_losses import n_satisfied, satisfied
+from .attack_losses import constraints_met, n_met
 
-PINV_RTOL = 1e-6  # singular values of P^T P below 1e-6 x the largest are treated as 0
+ML_DP_FORMS = ("greedy", "paper")
+# Relative cut on the singular values of the *row-normalised* P (see min_norm_step). Each row is a
+# float32 gradient (relative error >= 6e-8 per entry, a few times more after backprop), so with unit
+# rows a direction whose singular value is below ~sqrt(L) * 1e-7 ~ 5e-7 is float32 noise: two
+# constraints that agree to that precision are the same constraint. 1e-5 cuts 20x above that noise
+# floor and keeps any pair of constraints more than 1e-5 rad apart (cosine < 1 - 5e-11; cosine 0.99999
+# gives a singular value of 3e-3). Applied to the Gram matrix of the unit rows, whose eigenvalues are
+# the squared singular values, it is 1e-10, which float64 resolves (eigenvalue error ~ L * 2e-16).
+SVD_RTOL = 1e-5
+
+
+def n_steps(max_iter: int, form: str) -> int:
+    """Greedy steps an image may take: ``max_iter`` (greedy), ``max_iter + 1`` (paper: Algorithm 1
+    line 4 loops ``while i <= maxiter`` from ``i = 0``)."""
+    return max_iter + 1 if form == "paper" else max_iter
 
 
 def jacobian_rows(rt: Runtime, x: torch.Tensor, cols: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,30 +46,65 @@ def jacobian_rows(rt: Runtime, x: torch.Tensor, cols: list[int]) -> tuple[torch.
     return logits.detach(), J
 
 
-def greedy_step(J: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, violated: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm ``Δr`` ``(n, d)`` with ``∇g_k^T Δr = -g_k`` for every violated constraint ``k``.
+def min_norm_step(M: torch.Tensor, rhs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Minimum-norm ``Δr`` ``(n, d)`` float64 with ``w_k M_k^T Δr = rhs_k`` for every row ``k`` (least
+    squares where the rows are numerically dependent): Algorithm 1 line 6, ``Δr = P (P^T P)^+ q``
+    with ``P^T = diag(w) M``, ``M`` ``(n, K, d)``, ``q = rhs`` and ``w = weight`` ``(n, K)`` (``>= 0``,
+    default 1; ``w_k = 0`` leaves row ``k`` out), float64, one system per image.
 
-    This is Algorithm 1 line 6, ``Δr = P (P^T P)^{-1} q``, written on the logits ``g`` (Eq. 3a on
-    logits: ``P = -s ⊙ ∂g/∂x``, ``q = s ⊙ g``, ``s = ±1`` the target sign). Satisfied constraints
-    are masked out (zero rows), so every image solves its own system of at most ``L`` equations in
-    one batched call; the inverse is a float64 pseudo-inverse, safe for rank-deficient or all-zero
-    Jacobians (e.g. saturated models), which give ``Δr = 0`` instead of NaN.
+    Each row is scaled to unit norm first (``U_k = M_k / ||M_k||``, ``b_k = rhs_k / (w_k ||M_k||)``: the
+    solution set of each equation is unchanged), so that the cut :data:`SVD_RTOL` measures only how
+    collinear the constraints are, not how steep each one is: a weak but independent constraint (a
+    saturated sigmoid, ``w = σ'(z)`` of 1e-9) is kept, and ``w`` never multiplies ``M`` (no underflow).
+    Rows with ``w_k ||M_k|| = 0`` are dropped, so an all-zero ``M`` gives ``Δr = 0``, never NaN.
     """
-    del target  # the target sign cancels: s_k g_k + s_k ∇g_k^T Δr = 0  <=>  ∇g_k^T Δr = -g_k
-    Jm = (J * violated[:, :, None]).double()
-    G = Jm @ Jm.transpose(1, 2)
-    rhs = -(logits.double() * violated)
-    alpha = torch.linalg.pinv(G, rtol=PINV_RTOL, hermitian=True) @ rhs[:, :, None]
-    return (Jm.transpose(1, 2) @ alpha).squeeze(2).float()
+    norm = torch.linalg.vector_norm(M, dim=2, dtype=torch.float64)
+    size = norm if weight is None else norm * weight.double()
+    live = size > torch.finfo(torch.float64).tiny
+    U = M.to(torch.float64, copy=True).mul_(torch.where(live, 1.0 / torch.where(live, norm, 1.0), 0.0)[:, :, None])
+    b = torch.where(live, rhs.double() / torch.where(live, size, 1.0), 0.0)
+    G = U @ U.transpose(1, 2)
+    alpha = torch.linalg.pinv(G, rtol=SVD_RTOL ** 2, hermitian=True) @ b[:, :, None]
+    return (U.transpose(1, 2) @ alpha).squeeze(2)
+
+
+def greedy_step(J: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, violated: torch.Tensor) -> torch.Tensor:
+    """``form="greedy"``: minimum-norm ``Δr`` ``(n, d)`` float64 with ``∇g_k^T Δr = -g_k`` for every
+    violated constraint ``k`` (Algorithm 1 line 6 on the logits ``g``: Eq. 3a on logits, ``P = -s ⊙
+    ∂g/∂x``, ``q = s ⊙ g``, ``s = ±1`` the target sign, which cancels). Satisfied constraints are
+    left out. ``J`` ``(n, L, d)``, ``logits``, ``violated`` ``(n, L)``."""
+    del target  # s_k g_k + s_k ∇g_k^T Δr = 0  <=>  ∇g_k^T Δr = -g_k
+    return min_norm_step(J, torch.where(violated, -logits.double(), 0.0), violated.double())
+
+
+def paper_step(J: torch.Tensor, logits: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """``form="paper"``: minimum-norm ``Δr`` ``(n, d)`` float64 of Eq. (7) with every constraint of
+    ``A ∪ B`` as an equality: ``∇F_k^T Δr = 0.5 - F_k`` (``P = (1_d y'^T) ⊙ ∂F'/∂x``, ``q = c - y' ⊙ F'``
+    with ``c = 0.5 y'`` from Eq. 3b; ``y' = ±1`` cancels). From the logits ``z``, in float64:
+    ``∇F_k = σ'(z_k) ∇z_k`` with ``σ'(z) = e^{-|z|} / (1 + e^{-|z|})^2`` (never ``p (1 - p)`` of a float32
+    ``p``, exactly 0 beyond ``z ≈ 16.6``) and ``0.5 - F_k = -tanh(z_k / 2) / 2``.
+    ``J`` ``(n, L, d)`` rows ``∂z/∂x``, ``logits``, ``ab`` ``(n, L)``."""
+    z = logits.double()
+    e = torch.exp(-z.abs())
+    return min_norm_step(J, torch.where(ab, -0.5 * torch.tanh(z / 2), 0.0), torch.where(ab, e / (1 + e) ** 2, 0.0))
 
 
 def deepfool(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, *, max_iter: int,
-             overshoot: float, bar) -> dict:
-    """Algorithm 1 for ``x`` ``(n, C, H, W)``: iterate ``x_i = clip(x + (1 + overshoot) r_i)``,
-    ``r_{i+1} = r_i + Δr``, keep the iterate with the most satisfied constraints of Eq. (4), ties
-    broken by the smaller ``||x_i - x||_2`` (the perturbation; Algorithm 1 line 14 prints
-    ``||x_i||_2``, a typo). Images stop when every constraint holds or after ``max_iter`` steps and
-    then leave the active batch. Returns ``x_adv``, ``iterations``."""
+             overshoot: float, bar, form: str = "greedy") -> dict:
+    """Algorithm 1 for ``x`` ``(n, C, H, W)``, ``target`` = ``y*``, ``ab`` = ``A | B`` ``(n, L)`` bool.
+
+    Iterates ``x_i = clip(x + (1 + overshoot) r_i, 0, 1)`` (``r_0 = 0``), ``r_{i+1} = r_i + Δr_i``
+    with ``Δr_i`` from the Jacobian at ``x_i`` (:func:`greedy_step` or :func:`paper_step`), at most
+    :func:`n_steps` steps (line 8's ``x_{i+1} = x_i + r_i`` read as ``x_{i+1} = x + r_{i+1}``). Best
+    iterate (lines 1, 9-15): ``x* = x`` to start; each new iterate ``x_{i+1}`` (lines 13/15 print
+    ``x_i``) replaces it when it satisfies more constraints of Eq. (4) (:func:`n_met`, on the logits),
+    or as many with a strictly smaller ``||x_{i+1} - x||_2`` (line 14 prints ``||x_i||_2``; the
+    perturbation is meant). An image leaves the active batch when
+    ``greedy``: every constraint holds; ``paper``: only when nothing can change any more (``x`` itself
+    already meets every constraint, or ``Δr`` is exactly 0 so ``x_{i+1} = x_i``), the paper having no
+    early stop. Returns ``x_adv``, ``iterations`` (steps taken)."""
+    paper = form == "paper"
+    steps = n_steps(max_iter, form)
     n, dev = x.shape[0], x.device
     cols = ab.any(0).nonzero().flatten().tolist()
     out = {"x_adv": x.clone(), "iterations": torch.zeros(n, dtype=torch.int64, device=dev)}
@@ -56,33 +112,42 @@ def deepfool(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tenso
          "b_x": x.clone(), "b_nsat": torch.full((n,), -1, dtype=torch.int64, device=dev),
          "b_dist": torch.full((n,), torch.inf, device=dev), "iters": torch.zeros(n, dtype=torch.int64, device=dev)}
     S["total"] = ab.sum(1)
-    for it in range(max_iter + 1):
+    for it in range(steps + 1):
         xi = (S["x0"] + (1 + overshoot) * S["r"]).clamp(0, 1)
-        last = it == max_iter
+        last = it == steps
         if last:
             with torch.no_grad():
                 logits = rt.logits(xi)
         else:
             logits, J = jacobian_rows(rt, xi, cols)
-        probs = torch.sigmoid(logits)
-        nsat = n_satisfied(probs, S["target"], S["ab"])
+        nsat = n_met(logits, S["target"], S["ab"])
         dist = (xi - S["x0"]).flatten(1).norm(dim=1)
         imp = (nsat > S["b_nsat"]) | ((nsat == S["b_nsat"]) & (dist < S["b_dist"]))
         S["b_x"] = torch.where(imp.view(-1, 1, 1, 1), xi, S["b_x"])
         S["b_nsat"] = torch.where(imp, nsat, S["b_nsat"])
         S["b_dist"] = torch.where(imp, dist, S["b_dist"])
-        done = nsat == S["total"]
         if last:
-            done = torch.ones_like(done)
+            done = torch.ones_like(nsat, dtype=torch.bool)
+        elif paper:
+            step = paper_step(J, logits, S["ab"])
+            done = ((S["b_nsat"] == S["total"]) & (S["b_dist"] == 0)) | ~(step != 0).any(1)
+        else:
+            done = nsat == S["total"]
         n_before = int(S["idx"].numel())
         S = _flush(S, out, done)
         bar.update(n_before)
         if S["idx"].numel() == 0:
             break
         keep = (~done).nonzero().flatten()
-        logits, J = logits.index_select(0, keep), J.index_select(0, keep)
-        violated = S["ab"] & ~satisfied(torch.sigmoid(logits), S["target"], S["ab"])
-        S["r"] = S["r"] + greedy_step(J, logits, S["target"], violated).view_as(S["r"])
+        if paper:
+            step = step.index_select(0, keep)
+        else:
+            logits, J = logits.index_select(0, keep), J.index_select(0, keep)
+            violated = S["ab"] & ~constraints_met(logits, S["target"], S["ab"])
+            step = greedy_step(J, logits, S["target"], violated)
+        # float32 can overflow on the huge steps of a saturated sigmoid: ±inf -> ±max, so r never holds NaN
+        step = torch.nan_to_num(step.to(S["r"].dtype), nan=0.0)
+        S["r"] = S["r"] + step.view_as(S["r"])
         S["iters"] = S["iters"] + 1
     return out
 

@@ -26,8 +26,9 @@ from . import validate as V
 from .attack_core import (AttackResult, Runtime, check_int, finalize, progress_bar, rank_masks, run_in_chunks,
                           validate_attack_inputs)
 from .attack_deepfool import deepfool
-from .attack_losses import N_RANK_TERMS, cw_hinge, n_satisfied, rank_loss, rank_terms
-from .attack_onestep import one_step
+from .attack_losses import (N_RANK_TERMS, cw_hinge, cw_progress, n_met, rank_goal, rank_loss, rank_progress,
+                            rank_terms)
+from .attack_onestep import grid_scores, pick_per_image, pick_scenario
 from .attack_search import optimize
 from .labels import OMEGA_ZERO_CHOICES, kendall_criterion
 
@@ -43,32 +44,61 @@ def _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last) -> Runt
     return Runtime(model, autocast_dtype, channels_last, batch_size)
 
 
-def _one_step_attack(norm, model, x, y, A, B, progress, eps_max, n_eps, batch_size, autocast_dtype,
+def _one_step_attack(norm, model, x, y, A, B, progress, eps, eps_max, n_eps, batch_size, autocast_dtype,
                      channels_last) -> AttackResult:
     rt = _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last)
-    V.check_positive("eps_max", eps_max)
-    check_int("n_eps", n_eps, 2)
-    grid = torch.linspace(0, float(eps_max), int(n_eps))
+    if eps is None or eps == "scenario":
+        V.check_positive("eps_max", eps_max)
+        check_int("n_eps", n_eps, 2)
+        grid = torch.linspace(0, float(eps_max), int(n_eps))
+        if eps == "scenario":
+            grid = grid[1:]  # one ε > 0 for every image: no clean-image fallback
+    elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        V.check_positive("eps", eps)
+        grid = torch.tensor([float(eps)])
+    else:
+        raise ValueError(f"eps must be None (search ε per image), a number > 0 (one fixed ε) or 'scenario' "
+                         f"(one ε for all images of the call, chosen on them), got {eps!r}")
     target, ab = y ^ A, A | B
-    bar = progress_bar(x.shape[0] * n_eps, progress, "fgs" if norm == "linf" else "fg")
+    bar = progress_bar(x.shape[0] * len(grid), progress, "fgs" if norm == "linf" else "fg")
     with bar:
         def chunk(sl):
-            r = one_step(rt, x[sl], target[sl], ab[sl], grid, norm)
-            bar.update(r["x_adv"].shape[0] * n_eps)
+            r = grid_scores(rt, x[sl], target[sl], ab[sl], grid, norm)
+            bar.update(r["d"].shape[0] * len(grid))
             return r
         r = run_in_chunks(x.shape[0], batch_size, x.device, chunk)
-    res = finalize(rt, x, r["x_adv"], y, A, B, (r["eps"] > 0).long(), r["eps"], {"eps_grid": grid})
-    return res
+    if eps is None:
+        pick = pick_per_image(r["n_met"], r["l2"])
+    else:
+        pick = torch.full((x.shape[0],), pick_scenario(r["n_met"], ab.sum(1)), dtype=torch.int64, device=x.device)
+    chosen = grid.to(x.device)[pick]
+    x_adv = (x - chosen.view(-1, 1, 1, 1) * r["d"]).clamp(0, 1)
+    curve = {"eps_grid": grid, "success_by_eps": (r["n_met"] == ab.sum(1, keepdim=True)).float().mean(0)}
+    return finalize(rt, x, x_adv, y, A, B, (chosen > 0).long(), chosen, curve)
 
 
-def fgs(model, x, y, A, B, *, generator=None, progress=True, eps_max: float = 10 / 255, n_eps: int = 21,
-        batch_size: int | None = None, autocast_dtype=None, channels_last: bool = False) -> AttackResult:
+_EPS_DOC = """ε, three ways (``eps``):
+
+    * ``eps=None`` (default, mlnb's form): searched *per image* over ``linspace(0, eps_max, n_eps)``;
+      the best ε meets the most constraints of Eq. (4), ties -> smaller L2, then smaller ε. ε = 0 (the
+      clean image) is a candidate, so an image the step cannot help is returned clean.
+    * ``eps="scenario"`` (the paper's reading of Sec. IV-C, "ε searched in [0, 10]"; its FGS RMSD is
+      about ε): *one* ε > 0 for all the images of the call, from ``linspace(0, eps_max, n_eps)[1:]``:
+      the most images with every constraint met, then the most constraints met in total, then the
+      smaller ε. Results depend on which images are attacked together (the experiment runner passes
+      a whole scenario in one call). ``extras["success_by_eps"]`` ``(G,)`` is the success rate per ε.
+    * ``eps=<number>``: that ε for every image.
+"""
+
+
+def fgs(model, x, y, A, B, *, generator=None, progress=True, eps: float | str | None = None,
+        eps_max: float = 10 / 255, n_eps: int = 21, batch_size: int | None = None, autocast_dtype=None,
+        channels_last: bool = False) -> AttackResult:
     """Targeted multi-label Fast Gradient Sign (Sec. IV-C): ``x* = clip(x - ε sign(∇_x loss))``.
 
     ``loss`` is the per-label sigmoid (BCE-with-logits) loss towards ``y* = y XOR A`` summed over
-    ``A ∪ B``. ε is searched per image over ``linspace(0, eps_max, n_eps)`` (paper: [0, 10] on the
-    0-255 scale, so ``eps_max = 10/255``; ε = 0 is the clean image); the best ε satisfies the most
-    constraints of Eq. (4), ties broken by the smaller L2 distortion. One gradient per image.
+    ``A ∪ B``; one gradient per image. The paper searches ε in [0, 10] on the 0-255 scale, so
+    ``eps_max = 10/255``. {eps_doc}
     ``param`` is the chosen ε; ``iterations`` is 1 (0 where the clean image was kept).
 
     >>> res = fgs(model.eval(), x, y, A, B, eps_max=10 / 255)
@@ -76,28 +106,32 @@ def fgs(model, x, y, A, B, *, generator=None, progress=True, eps_max: float = 10
 
     Introduced in notebooks/02_baselines_fgs_fg.ipynb.
     """
-    return _one_step_attack("linf", model, x, y, A, B, progress, eps_max, n_eps, batch_size,
+    return _one_step_attack("linf", model, x, y, A, B, progress, eps, eps_max, n_eps, batch_size,
                             autocast_dtype, channels_last)
 
 
-def fg(model, x, y, A, B, *, generator=None, progress=True, eps_max: float = 10 / 255, n_eps: int = 21,
-       batch_size: int | None = None, autocast_dtype=None, channels_last: bool = False) -> AttackResult:
+def fg(model, x, y, A, B, *, generator=None, progress=True, eps: float | str | None = None,
+       eps_max: float = 10 / 255, n_eps: int = 21, batch_size: int | None = None, autocast_dtype=None,
+       channels_last: bool = False) -> AttackResult:
     """Targeted multi-label Fast Gradient (Sec. IV-C): ``x* = clip(x - ε' ∇_x loss / ||∇_x loss||_2)``.
 
-    Same loss and ε search as :func:`fgs`. Scale of ε (the paper is ambiguous: its literal ε in
-    [0, 10] on 0-255 would be an L2 norm of at most 10/255 over a whole 299x299x3 image): here ε is
-    the *root-mean-square* step per pixel, ``ε' = ε sqrt(d)`` with ``d = C H W``, so FG's ε, FGS's ε
-    and the RMSD metric share one scale and ``eps_max = 10/255`` gives both attacks a comparable
-    budget (an FG step of ε has the L2 norm of an FGS step of ε). For the literal reading pass
-    ``eps_max = 10 / 255 / sqrt(d)``.
-
+    Same loss as :func:`fgs`. Scale of ε (the paper is ambiguous: its literal ε in [0, 10] on 0-255
+    would be an L2 norm of at most 10/255 over a whole 299x299x3 image): here ε is the
+    *root-mean-square* step per pixel, ``ε' = ε sqrt(d)`` with ``d = C H W``, so FG's ε, FGS's ε and
+    the RMSD metric share one scale and ``eps_max = 10/255`` gives both attacks a comparable budget
+    (an FG step of ε has the L2 norm of an FGS step of ε). For the literal reading pass
+    ``eps_max = 10 / 255 / sqrt(d)``. {eps_doc}
     >>> res = fg(model.eval(), x, y, A, B)
     >>> res.param  # chosen ε per image
 
     Introduced in notebooks/02_baselines_fgs_fg.ipynb.
     """
-    return _one_step_attack("rms", model, x, y, A, B, progress, eps_max, n_eps, batch_size,
+    return _one_step_attack("rms", model, x, y, A, B, progress, eps, eps_max, n_eps, batch_size,
                             autocast_dtype, channels_last)
+
+
+fgs.__doc__ = fgs.__doc__.replace("{eps_doc}", _EPS_DOC)
+fg.__doc__ = fg.__doc__.replace("{eps_doc}", _EPS_DOC)
 
 
 def _check_search(lambda_init, n_search, max_iter, lr, tanh_eps, check_every) -> None:
@@ -159,54 +193,72 @@ def ml_cw(model, x, y, A, B, *, generator=None, progress=True, lambda_init: floa
     _check_search(lambda_init, n_search, max_iter, lr, tanh_eps, check_every)
     V.check_positive("kappa", kappa, allow_zero=True)
     V.check_choice("hinge_space", hinge_space, HINGE_SPACES)
-    # a logit hinge is Eq. (5) with F' the logits and c = 0 (threshold 0.5 on probabilities)
-    shift = 0.5 if hinge_space == "logit" else 0.0
 
-    def hinge(logits, probs, S):
-        f = probs if hinge_space == "probability" else logits + shift
-        h = cw_hinge(f, S["target"], S["ab"], kappa)
-        return h, n_satisfied_all(probs, S)
+    def hinge(logits, S):
+        h = cw_hinge(logits, S["target"], S["ab"], kappa, space=hinge_space)
+        prog = cw_progress(logits, S["target"], S["ab"], kappa if hinge_space == "probability" else 0.0)
+        if hinge_space == "logit":
+            prog = h
+        return h, n_met(logits, S["target"], S["ab"]) == S["ab"].sum(1), prog
 
     return _search_attack("ml_cw", rt, x, y, A, B, {}, hinge, progress, "constraints", "constraints",
                           lambda_init=lambda_init, n_search=n_search, max_iter=max_iter, lr=lr,
                           tanh_eps=tanh_eps, check_every=check_every, batch_size=batch_size)
 
 
-def n_satisfied_all(probs, S) -> torch.Tensor:
-    """``(n,)`` bool: every constraint of Eq. (4) holds."""
-    return n_satisfied(probs, S["target"], S["ab"]) == S["ab"].sum(1)
+def ml_dp(model, x, y, A, B, *, generator=None, progress=True, max_iter: int = 20, overshoot: float | None = None,
+          form: str = "greedy", batch_size: int | None = None, autocast_dtype=None,
+          channels_last: bool = False) -> AttackResult:
+    """ML-DP, the multi-label DeepFool of Algorithm 1 (Sec. III-B2, Eq. 6-7), in two forms.
 
+    Both iterate ``x_i = clip(x + (1 + overshoot) r_i, 0, 1)``, ``r_{i+1} = r_i + Δr_i`` with the
+    minimum-norm step ``Δr = P (P^T P)^+ q`` of the constraints linearised at ``x_i`` (batched, float64,
+    one system per image, one Jacobian row per label of ``A ∪ B``), and return the best iterate: most
+    constraints of Eq. (4), ties -> strictly smaller ``||x_i - x||_2``, starting from ``x* = x``.
 
-def ml_dp(model, x, y, A, B, *, generator=None, progress=True, max_iter: int = 20, overshoot: float = 0.02,
-          batch_size: int | None = None, autocast_dtype=None, channels_last: bool = False) -> AttackResult:
-    """ML-DP, the multi-label DeepFool of Algorithm 1 (Sec. III-B2, Eq. 6-7).
+    * ``form="greedy"`` (mlnb's form, default): constraints on the *logits* ``g`` (``F_i >= 0.5 <=>
+      g_i >= 0``, Eq. 3a on logits; better conditioned where the sigmoid saturates), only the currently
+      violated ones in ``P``; ``overshoot`` 0.02 (DeepFool's; not in the paper); at most ``max_iter``
+      steps; an image stops once every constraint holds.
+    * ``form="paper"``: Algorithm 1 and Eq. (6)-(7) as printed: the probabilities ``F`` linearised
+      (``∇F_i = σ'(z_i) ∇z_i``, ``σ'`` and ``F_i - 0.5 = tanh(z_i/2)/2`` exact from the logits in
+      float64) and *all* ``|A| + |B|`` constraints as equalities ``F_i + ∇F_i^T Δr = 0.5``, satisfied
+      ``B`` labels included (they are dragged to the threshold too). Readings of the printed algorithm:
+      ``overshoot`` 0 (the paper has none); ``while i <= maxiter`` from ``i = 0``: ``max_iter + 1``
+      steps (``max_iter=0`` allowed: one step), no early stop (an image only stops when nothing can
+      change: ``x`` already in the target state, or ``Δr = 0``); line 8's ``x_{i+1} = x_i + r_i`` is read
+      ``x_{i+1} = x + r_{i+1} = x_i + Δr_i`` (the literal sum re-adds the whole perturbation each step
+      and makes ``x_1 = x``), and lines 13/15's ``x* = x_i, r* = r_i`` as ``x_{i+1}, r_{i+1}``: the iterate
+      whose constraints ``Cst_i`` were just counted; line 14's ``||x_i||_2`` is the perturbation norm
+      ``||x_{i+1} - x||_2``; ``(P^T P)^{-1}`` is a pseudo-inverse; iterates are clipped to the image box
+      ``[0, 1]`` (not in the paper); a constraint holds as everywhere in mlnb (logit ``>= 0`` positive),
+      so a label exactly at 0.5 counts for a positive target only (Eq. 4's ``<=`` would count it both ways).
 
-    * Constraints linearised on the *logits* ``g`` (``F_i >= 0.5 <=> g_i >= 0``, Eq. 3a written on
-      logits): the same target as Eq. (3b), far better conditioned where the sigmoid saturates.
-    * Greedy step ``Δr = P (P^T P)^+ q`` over the currently violated constraints only (satisfied ones
-      masked), a batched float64 pseudo-inverse; one Jacobian row per label of ``A ∪ B``.
-    * Iterates ``x_i = clip(x + (1 + overshoot) r_i, 0, 1)``; ``overshoot`` (0.02, DeepFool's
-      default; not in the paper) pushes the iterate off the boundary where a logit would sit at
-      exactly 0. At most ``max_iter`` steps (paper: 20); an image stops once every constraint holds.
-    * Best iterate: most constraints of Eq. (4), ties -> smaller ``||r||_2`` of the perturbation
-      (Algorithm 1 line 14 prints ``||x_i||_2``, a typo).
+    The pseudo-inverse cuts singular values of the row-normalised ``P`` below 1e-5 of the largest
+    (float32 noise), so nearly collinear constraints are both honoured (the former cut, 1e-6 on
+    ``P^T P``, i.e. 1e-3 on ``P``, could drop one of them); all-zero Jacobians give ``Δr = 0``.
 
-    ``param`` is NaN (no trade-off parameter); ``iterations`` counts greedy steps.
+    ``param`` is NaN (no trade-off parameter); ``iterations`` counts the steps taken.
 
-    >>> res = ml_dp(model.eval(), x, y, A, B, max_iter=20)
+    >>> res = ml_dp(model.eval(), x, y, A, B, max_iter=20, form="paper")
     >>> res.n_satisfied
 
     Introduced in notebooks/04_ml_deepfool.ipynb.
     """
+    from .attack_deepfool import ML_DP_FORMS, n_steps
+
     rt = _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last)
-    check_int("max_iter", max_iter)
+    V.check_choice("form", form, ML_DP_FORMS)
+    check_int("max_iter", max_iter, 0 if form == "paper" else 1)
+    if overshoot is None:
+        overshoot = 0.0 if form == "paper" else 0.02
     V.check_positive("overshoot", overshoot, allow_zero=True)
     target, ab = y ^ A, A | B
-    bar = progress_bar(x.shape[0] * (max_iter + 1), progress, "ml_dp")
+    bar = progress_bar(x.shape[0] * (n_steps(max_iter, form) + 1), progress, "ml_dp")
     with bar:
         r = run_in_chunks(x.shape[0], batch_size, x.device,
                           lambda sl: deepfool(rt, x[sl], target[sl], ab[sl], max_iter=max_iter,
-                                              overshoot=overshoot, bar=bar))
+                                              overshoot=overshoot, bar=bar, form=form))
         bar.update(bar.total - bar.n)
     nan = torch.full((x.shape[0],), torch.nan, device=x.device)
     return finalize(rt, x, r["x_adv"], y, A, B, r["iterations"], nan, {})
@@ -227,11 +279,11 @@ def _rank_attack(name, n_terms, model, x, y, A, B, progress, *, lambda_init, n_s
     w = torch.zeros(N_RANK_TERMS, dtype=torch.float32, device=x.device)
     w[:n_terms] = torch.tensor([float(v) for v in weights])
 
-    def hinge(logits, probs, S):
-        terms = rank_terms(probs, S["om"], S["op"], S["oz"], S["A1"], S["Bm1"], S["B1"], S["Am1"],
-                           pairwise=pairwise, threshold=threshold)
-        h = rank_loss(terms, w)
-        return h, h == 0
+    def hinge(logits, S):
+        sets = (S["om"], S["op"], S["oz"], S["A1"], S["Bm1"], S["B1"], S["Am1"])
+        h = rank_loss(rank_terms(logits, *sets, pairwise=pairwise, threshold=threshold), w)
+        return (h, rank_goal(logits, *sets, w, threshold=threshold),
+                rank_progress(logits, *sets, w, threshold=threshold))
 
     final = "tau" if select == "tau" else "constraints_tau"
     return _search_attack(name, rt, x, y, A, B, rank_masks(y, A, B, omega_zero), hinge, progress, "tau", final,

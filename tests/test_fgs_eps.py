@@ -1,0 +1,108 @@
+"""FGS / FG: the three ways of choosing ε (per image, one per scenario as in the paper, fixed), against
+an independent evaluation of the constraints (never the attack's own success formula)."""
+import pytest
+import torch
+
+from mlnb import attacks
+from mlnb.labels import random_case
+
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
+
+L = 5
+
+
+def _model():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(2),
+                            torch.nn.Flatten(), torch.nn.Linear(24, L))
+    with torch.no_grad():
+        m[0].weight.mul_(4)
+        m[4].weight.mul_(4)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = _model()
+    x = torch.rand(24, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x) >= 0
+    t = random_case(y, torch.Generator().manual_seed(2))
+    k = t.eligible
+    return model, x[k], y[k], t.A[k], t.B[k]
+
+
+def _met(model, x_adv, y, A, B):
+    """Independent check of Eq. (4): every label of A flipped, every label of B kept (logit >= 0 positive)."""
+    with torch.no_grad():
+        pos = model(x_adv) >= 0
+    want = y ^ A
+    return ((pos == want) | ~(A | B)).all(1), ((pos == want) & (A | B)).sum(1)
+
+
+def _step(model, x, y, A, B, norm):
+    xg = x.clone().requires_grad_(True)
+    z = model(xg)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(z, (y ^ A).float(), reduction="none")
+    (g,) = torch.autograd.grad((loss * (A | B)).sum(), xg)
+    if norm == "linf":
+        return torch.sign(g)
+    return g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * g[0].numel() ** 0.5
+
+
+@pytest.mark.parametrize("name,norm", [("fgs", "linf"), ("fg", "rms")])
+def test_fixed_eps_is_one_signed_step(setup, name, norm):
+    model, x, y, A, B = setup
+    eps = 6 / 255
+    res = attacks.ATTACKS[name](model, x, y, A, B, eps=eps, progress=False)
+    want = (x - eps * _step(model, x, y, A, B, norm)).clamp(0, 1)
+    assert torch.allclose(res.x_adv, want, atol=1e-6)  # direction and scale: a wrong sign or ε fails here
+    assert torch.allclose(res.param, torch.full_like(res.param, eps))
+    ok, _ = _met(model, res.x_adv, y, A, B)
+    assert torch.equal(res.success, ok)
+
+
+@pytest.mark.parametrize("name", ["fgs", "fg"])
+def test_scenario_eps_is_one_eps_that_maximises_success(setup, name):
+    model, x, y, A, B = setup
+    res = attacks.ATTACKS[name](model, x, y, A, B, eps="scenario", eps_max=10 / 255, n_eps=11, progress=False)
+    assert res.param.unique().numel() == 1 and res.param[0] > 0  # one ε > 0: no clean-image fallback
+    assert (res.x_adv != x).flatten(1).any(1).all()
+    # brute force over the same grid with fixed-ε runs: the chosen ε has the most full successes
+    grid = torch.linspace(0, 10 / 255, 11)[1:]
+    counts = []
+    for e in grid.tolist():
+        ok, n = _met(model, attacks.ATTACKS[name](model, x, y, A, B, eps=e, progress=False).x_adv, y, A, B)
+        counts.append((int(ok.sum()), int(n.sum())))
+    best = max(counts)
+    chosen = int((grid - res.param[0]).abs().argmin())
+    assert counts[chosen] == best and all(c < best for c in counts[:chosen])  # ties go to the smaller ε
+    assert torch.allclose(res.extras["success_by_eps"], torch.tensor([c[0] / len(x) for c in counts]))
+
+
+@pytest.mark.parametrize("name", ["fgs", "fg"])
+def test_per_image_search_is_best_per_image(setup, name):
+    model, x, y, A, B = setup
+    res = attacks.ATTACKS[name](model, x, y, A, B, eps_max=10 / 255, n_eps=6, progress=False)
+    grid = torch.linspace(0, 10 / 255, 6)
+    per = torch.stack([_met(model, attacks.ATTACKS[name](model, x, y, A, B, eps=e, progress=False).x_adv,
+                            y, A, B)[1] if e > 0 else _met(model, x, y, A, B)[1] for e in grid.tolist()], 1)
+    _, n_res = _met(model, res.x_adv, y, A, B)
+    assert torch.equal(n_res, per.amax(1))  # each image gets its own best ε (ε = 0 allowed)
+    # and batch == one by one
+    one = torch.cat([attacks.ATTACKS[name](model, x[i:i + 1], y[i:i + 1], A[i:i + 1], B[i:i + 1], eps_max=10 / 255,
+                                           n_eps=6, progress=False).x_adv for i in range(len(x))])
+    assert torch.allclose(one, res.x_adv, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["image", -0.1, 0.0, True])
+def test_bad_eps(setup, bad):
+    model, x, y, A, B = setup
+    with pytest.raises((ValueError, TypeError), match="eps"):
+        attacks.fgs(model, x, y, A, B, eps=bad, progress=False)
+
+
+def test_float16_autocast_points_to_bfloat16(setup):
+    model, x, y, A, B = setup
+    with pytest.raises(ValueError, match="bfloat16"):
+        attacks.ml_cw(model, x, y, A, B, autocast_dtype=torch.float16, progress=False)
