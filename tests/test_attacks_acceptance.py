@@ -1,4 +1,4 @@
-"""Acceptance of issue 4 on the default model (slow: trains or loads the cached default model).
+"""Acceptance of issues 4 and 11 on the default model (slow: trains or loads the cached default model).
 
 Random case, 100 correctly classified images, the default preset's budgets: ML-CW and Rank II flip
 at least 90% of the A labels while changing at most 2% of the B labels; FGS and FG do clearly worse.
@@ -23,7 +23,7 @@ def case():
     model, _ = get_target_model(preset, progress=False)
     x, y = load_dataset(preset.datasets[0], "test", preset.n_test, image_size=preset.image_size).tensors()
     with torch.no_grad():
-        pred = torch.cat([torch.sigmoid(model(x[i:i + 500])) >= 0.5 for i in range(0, len(x), 500)])
+        pred = torch.cat([model(x[i:i + 500]) >= 0 for i in range(0, len(x), 500)])
     ok = (pred == y).all(1)  # the attack set X: every label correctly classified (Sec. IV-E)
     x, y = x[ok], y[ok]
     t = random_case(y, torch.Generator().manual_seed(0))
@@ -32,20 +32,20 @@ def case():
 
 
 def _rates(res, y, A, B):
-    changed = (res.scores >= 0.5) != y
+    changed = (res.logits >= 0) != y  # decided on logits: probability >= 0.5 exactly when logit >= 0
     return float((changed & A).sum() / A.sum()), float((changed & B).sum() / B.sum())
 
 
 def test_default_acceptance(case):
-    """The issue's bar (A flipped >= 90%, B changed <= 2%) on 100 images.
+    """Issue 11's bar (A flipped >= 90%, B changed <= 2%) on 100 images, for the *faithful* ML-CW.
 
-    Measured on the default model (held-out mAP 0.906, trained with Eq. 12): the faithful ML-CW
-    (Eq. 5 on probabilities) flips 0.795 of A and changes 0 of B; Rank II flips 0.835 and changes
-    0.131. The default model's float32 probabilities saturate at exactly 0 or 1 for about a fifth of
-    the attacked labels, where Eq. (5) on probabilities has a zero gradient whatever λ (1e1..1e5
-    measured: no change). ML-CW with the documented logit hinge (same constraints, Eq. 3a form on
-    logits) meets the bar: 1.00 and 0.00. So this test checks the bar on that extension, and checks
-    that the faithful attacks still beat the one-step baselines, as in the paper.
+    Measured on a fresh clone (default model retrained with the exact-gradient Eq. 12, held-out mAP
+    0.899): the faithful ML-CW (Eq. 5 on probabilities, evaluated exactly from logits) flips 0.905 of
+    A and changes 0.001 of B at the default budget (5 searches x 100 iterations); before the exact
+    kernels it flipped 0.87. Rank II flips 0.86 and changes 0.145 of B: its loss (Eq. 11) constrains
+    only the *ranking* of the labels, not which side of 0.5 they end on, so a B label may cross the
+    threshold while every ranking constraint holds (notebook 05 counts those images). The logit hinge
+    (an extension) also meets the bar. The one-step baselines do clearly worse.
     """
     preset, model, x, y, A, B = case
     rates = {}
@@ -54,8 +54,30 @@ def test_default_acceptance(case):
         rates[name] = _rates(res, y, A, B)
     res = attacks.ml_cw(model, x, y, A, B, progress=False, **{**preset.attack_params("ml_cw"), "hinge_space": "logit"})
     rates["ml_cw_logit"] = _rates(res, y, A, B)
-    flip_a, change_b = rates["ml_cw_logit"]
-    assert flip_a >= 0.9 and change_b <= 0.02, rates
+    for name in ("ml_cw", "ml_cw_logit"):
+        flip_a, change_b = rates[name]
+        assert flip_a >= 0.9 and change_b <= 0.02, (name, rates)
     for name in ("fgs", "fg"):
         assert rates[name][0] < rates["ml_cw"][0] - 0.1, (name, rates)
         assert rates[name][0] < rates["rank2"][0] - 0.1, (name, rates)
+
+
+def test_early_abort_costs_no_success(case):
+    """With early abort on, every attack succeeds on at least as many images as with it off, and ML-CW
+    computes fewer image-steps (measured: 0.80 success both ways, 37k against 50k steps)."""
+    from mlnb import attack_search
+
+    preset, model, x, y, A, B = case
+    for name in ("ml_cw", "rank2"):
+        out = {}
+        for early_abort in (True, False):
+            old = attack_search.EARLY_ABORT
+            attack_search.EARLY_ABORT = early_abort
+            try:
+                out[early_abort] = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **preset.attack_params(name))
+            finally:
+                attack_search.EARLY_ABORT = old
+        assert int(out[True].success.sum()) >= int(out[False].success.sum()), name
+        assert int(out[True].iterations.sum()) <= int(out[False].iterations.sum()), name
+        if name == "ml_cw":
+            assert int(out[True].iterations.sum()) < 0.9 * int(out[False].iterations.sum())
