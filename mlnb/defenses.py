@@ -282,14 +282,16 @@ def histogram_overlap(a: torch.Tensor, b: torch.Tensor, bins: int = 20,
     return float(torch.minimum(ha / ha.sum(), hb / hb.sum()).sum())
 
 
-def target_met(scores: torch.Tensor, y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+def target_met(logits: torch.Tensor, y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``(N,)`` bool: the attack's classification target holds, every label of ``A`` flipped and
-    every label of ``B`` kept at the 0.5 threshold (Sec. II). ``scores``: ``(N, L)`` probabilities.
+    every label of ``B`` kept at the 0.5 threshold (Sec. II), decided on the ``(N, L)`` logits
+    (:func:`mlnb.attack_losses.constraints_met`: logit ``>= 0`` is positive).
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
-    pred = scores >= 0.5
-    return ((pred == (y ^ A)) | ~(A | B)).all(1)
+    from .attack_losses import n_met
+
+    return n_met(logits, y ^ A, A | B) == (A | B).sum(1)
 
 
 @torch.no_grad()
@@ -300,10 +302,11 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
 
     ``model``: eval-mode ``nn.Module`` -> ``(N, L)`` logits; ``defense``: ``x -> x'`` or ``None``
     (no defense); ``x``, ``x_adv``: ``(N, C, H, W)`` in ``[0, 1]``; ``y``, ``A``, ``B``: ``(N, L)``
-    bool. Returns ``{"clean_scores": (N, L), "clean_map": float}`` (mean per-instance AP of the
-    defended clean images, :func:`mlnb.metrics.average_precision`) and, with ``x_adv``,
-    ``{"adv_scores": (N, L), "success": (N,) bool, "success_rate": float}`` (target met after the
-    defense, :func:`target_met`).
+    bool. Returns ``{"clean_logits": (N, L), "clean_scores": (N, L) probabilities, "clean_map": float}``
+    (mean per-instance AP of the defended clean images, ranked on logits,
+    :func:`mlnb.metrics.average_precision`) and, with ``x_adv``, ``{"adv_logits", "adv_scores":
+    (N, L), "success": (N,) bool, "success_rate": float}`` (target met after the defense, decided on
+    logits by :func:`target_met`).
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
@@ -316,10 +319,11 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
     purify = defense if defense is not None else (lambda t: t)
 
     def scores(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.sigmoid(model(purify(t[i:i + batch_size]))) for i in range(0, len(t), batch_size)])
+        return torch.cat([model(purify(t[i:i + batch_size])) for i in range(0, len(t), batch_size)])
 
     clean = scores(x)
-    out = {"clean_scores": clean, "clean_map": float(average_precision(clean, y).double().mean())}
+    out = {"clean_logits": clean, "clean_scores": torch.sigmoid(clean),
+           "clean_map": float(average_precision(clean, y).double().mean())}
     if x_adv is not None:
         check_images(x_adv, "x_adv")
         if A is None or B is None:
@@ -327,5 +331,5 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
         check_same_rows(x=x, x_adv=x_adv, y=y, A=A, B=B)
         adv = scores(x_adv)
         ok = target_met(adv, y, A, B)
-        out.update(adv_scores=adv, success=ok, success_rate=float(ok.float().mean()))
+        out.update(adv_logits=adv, adv_scores=torch.sigmoid(adv), success=ok, success_rate=float(ok.float().mean()))
     return out

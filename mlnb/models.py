@@ -187,7 +187,18 @@ def predict_scores(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
     """Probabilities ``sigmoid(model(x))`` ``(N, L)`` for images ``(N, C, H, W)`` in ``[0, 1]`` or a data set.
 
     ``model`` must be in eval mode. Tensors are scored on the model's device and the result is
-    returned on ``x``'s device; a data set's scores come back on the model's device.
+    returned on ``x``'s device; a data set's scores come back on the model's device. Float32
+    probabilities round to exactly 0 or 1 beyond a logit of about ±17: decide and rank on
+    :func:`predict_logits` instead.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    return torch.sigmoid(predict_logits(model, x_or_dataset, batch_size, progress))
+
+
+def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Logits ``model(x)`` ``(N, L)`` in batches, as :func:`predict_scores` (a label is positive when
+    its logit is ``>= 0``, i.e. its probability ``>= 0.5``).
 
     Introduced in notebooks/01_target_model.ipynb.
     """
@@ -204,5 +215,5 @@ def predict_scores(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
     chunks = []
     for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
         xb = get(slice(start, start + int(batch_size))).to(device)
-        chunks.append(torch.sigmoid(model(xb)).to(out_device))
+        chunks.append(model(xb).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)

@@ -161,8 +161,13 @@ def test_target_met_and_evaluate_defense(x):
     y = torch.tensor([[True, False, True, False]])
     A = torch.tensor([[True, True, False, False]])
     B = torch.tensor([[False, False, True, False]])
-    assert D.target_met(torch.tensor([[0.2, 0.7, 0.9, 0.9]]), y, A, B).tolist() == [True]  # C ignored
-    assert D.target_met(torch.tensor([[0.2, 0.7, 0.4, 0.1]]), y, A, B).tolist() == [False]
+    lg = lambda p: torch.logit(torch.tensor(p))  # noqa: E731  (target_met takes logits)
+    assert D.target_met(lg([[0.2, 0.7, 0.9, 0.9]]), y, A, B).tolist() == [True]  # C ignored
+    assert D.target_met(lg([[0.2, 0.7, 0.4, 0.1]]), y, A, B).tolist() == [False]
+    # saturated labels are decided on the logits: -1e-9 is negative although its float32 probability is 0.5
+    assert D.target_met(torch.tensor([[-30.0, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [True]
+    assert D.target_met(torch.tensor([[-1e-9, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [True]
+    assert D.target_met(torch.tensor([[0.0, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [False]
     torch.manual_seed(0)
     model = _Linear().eval()
     with torch.no_grad():
