@@ -3,14 +3,22 @@
     python -m mlnb.experiments --preset smoke --attacks ml_cw,rank2 --strategies random,extreme --out DIR
     torchrun --nproc_per_node=2 -m mlnb.experiments --preset smoke ...      # same table, two processes
 
+The runner runs table *rows* (:data:`mlnb.presets.ROW_NAMES`): the six paper rows ``fgs, fg, ml_cw,
+ml_dp, rank1, rank2`` run the paper's form of each attack (:data:`mlnb.presets.PAPER_FORMS`: one ε per
+scenario for FGS / FG, Algorithm 1 as printed for ML-DP); the extra rows ``fgs_per_image``,
+``fg_per_image`` and ``ml_dp_greedy`` run mlnb's own forms beside them.
+
 Steps (Sec. IV-E): the attack set ``X`` = test images whose *every* label the model classifies
 correctly at threshold 0.5; for each strategy, the images of ``X`` it applies to (the generator's
 ``eligible`` mask); ``N`` of them drawn with a ``torch.Generator`` seeded from ``(seed, data set,
 strategy)``, so the images and targets depend on the seed only (never on the attacks asked for or
-on the number of processes); each attack run on fixed chunks of ``attack_batch_size`` images (sorted
-by data-set index; chunk ``k`` goes to rank ``k mod world_size`` and draws its random starts from a
-generator seeded by ``(seed, data set, attack, strategy, k)``); per-image metrics
-(:func:`mlnb.metrics.per_image_metrics`) appended to a :class:`mlnb.store.ResultStore` after every
+on the number of processes); each row run on fixed chunks of ``attack_batch_size`` images (sorted by
+data-set index; chunk ``k`` goes to rank ``k mod world_size`` with a generator seeded by ``(seed,
+data set, row, strategy, k)``; no attack draws from it, so the chunking does not change per-image
+results and ``batch_size`` is not part of the run key), except a row whose ε is chosen on the
+scenario (``eps="scenario"``): it is attacked in *one* call (the attack splits it memory-wise with its
+own ``batch_size``), so that its ε is the scenario's; per-image metrics (on the logits,
+:func:`mlnb.metrics.per_image_metrics`) appended to a :class:`mlnb.store.ResultStore` after every
 chunk; and the table, aggregated in data-set index order from what is on disk.
 
 **Distortion control** (Sec. IV-D, "we control the upper bound of the RMSD to search the best
@@ -22,18 +30,17 @@ at the same distortion budget, keeps its own direction, and is never charged mor
 projected image counts as a success only if its re-scored labels still meet the target. Each
 record keeps ``rmsd_raw`` (before projection) and ``projected``.
 
-``success`` in the records is the classification target met on ``A ∪ B`` (``h(x_adv) = y*``),
-computed the same way for every attack; ``attack_success`` is the attack's own flag.
+``success`` in the records is the classification target met on ``A ∪ B`` (``h(x_adv) = y*``, by
+``logit >= 0``), computed the same way for every row; ``attack_success`` is the attack's own flag.
+Records keep ``scores_adv`` (probabilities, Fig. 1) and ``logits_adv``.
 
-On a GPU out-of-memory error a chunk is split in halves and retried (down to one image);
-the halves draw fresh generators, so document such runs as not bit-identical.
+On a GPU out-of-memory error a chunk is split in halves and retried (down to one image); a
+scenario-ε row is never split (its ε would change): pass its attack a smaller ``batch_size``.
 
 Introduced in notebooks/06_general_attacks.ipynb.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import hashlib
 import os
 import sys
@@ -44,13 +51,14 @@ import pandas as pd
 import torch
 
 from .labels import STRATEGIES, make_target
-from .presets import ATTACK_NAMES, Preset, check_data_available, get_preset
+from .presets import ATTACK_NAMES, PAPER_FORMS, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
 from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
-from .utils import atomic_write_text, environment_info, param_hash, resolve_device, write_json
+from .utils import param_hash, resolve_device
 from .validate import check_choice, check_positive
 
 GENERAL = ("random", "extreme")
 LABEL_SPECIFIED = ("reduce", "augment")
+METRICS_VERSION = "logits-halfties"  # in the run key: records scored on probabilities are not reused
 
 def derive_seed(*parts) -> int:
     """A 62-bit seed from any printable parts (stable across processes and platforms)."""
@@ -123,13 +131,19 @@ def _barrier(world: int) -> None:
 
 
 # ----------------------------------------------------------------------------- running one chunk
-def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd):
-    """Attack one chunk (splitting it on out-of-memory); returns the per-image record fields."""
+def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd, *, split: bool = True):
+    """Attack one chunk; returns the per-image record fields. On out-of-memory the chunk is split in
+    halves when ``split`` (not for a scenario-ε row, whose ε depends on every image of the call)."""
     from .metrics import per_image_metrics
 
     try:
         res = fn(model, x, y, A, B, generator=_generator(*seed_parts), progress=False, **params)
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as err:
+        if not split:
+            raise torch.OutOfMemoryError(
+                f"out of memory attacking a scenario-ε row ({x.shape[0]} images in one call, so that one ε "
+                f"serves the whole scenario): pass its attack a smaller batch_size, e.g. "
+                f"--param ROW.batch_size=8 ({err})") from err
         if x.shape[0] <= 1:
             raise
         acc = getattr(torch, x.device.type, None)
@@ -138,24 +152,54 @@ def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd):
         h = x.shape[0] // 2
         return (_run_chunk(fn, model, x[:h], y[:h], A[:h], B[:h], params, (*seed_parts, "a"), max_rmsd)
                 + _run_chunk(fn, model, x[h:], y[h:], A[h:], B[h:], params, (*seed_parts, "b"), max_rmsd))
-    x_adv, scores = res.x_adv.detach(), res.scores.detach()
+    x_adv, logits, scores = res.x_adv.detach(), res.logits.detach(), res.scores.detach()
     rmsd_raw = (x_adv - x).mul(255.0).flatten(1).pow(2).mean(1).sqrt()
     projected = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if max_rmsd is not None:
         x_adv, projected = project_rmsd(x, x_adv, max_rmsd)
         if projected.any():
             with torch.no_grad():
-                rescored = torch.sigmoid(model(x_adv[projected]))
-            scores = scores.clone()
-            scores[projected] = rescored.to(scores.dtype)
-    per = per_image_metrics(scores, x, x_adv, y, A, B)
-    pred, y_star = scores >= 0.5, y ^ A
-    ok = ((pred == y_star) | ~(A | B)).all(1)
+                relogits = model(x_adv[projected]).float()
+            logits, scores = logits.clone(), scores.clone()
+            logits[projected] = relogits.to(logits.dtype)
+            scores[projected] = torch.sigmoid(relogits).to(scores.dtype)
+    per = per_image_metrics(logits, x, x_adv, y, A, B)
+    ok = (((logits >= 0) == (y ^ A)) | ~(A | B)).all(1)
     cols = {**per, "success": ok, "attack_success": res.success, "n_satisfied": res.n_satisfied,
             "iterations": res.iterations, "param": res.param, "attack_kendall_tau": res.kendall_tau,
-            "projected": projected, "rmsd_raw": rmsd_raw, "scores_adv": scores}
+            "projected": projected, "rmsd_raw": rmsd_raw, "scores_adv": scores, "logits_adv": logits}
     cols = {k: torch.as_tensor(v).detach().cpu().tolist() for k, v in cols.items()}
     return [{k: v[i] for k, v in cols.items()} for i in range(x.shape[0])]
+
+
+# ----------------------------------------------------------------------------- table rows
+def row_params(preset: Preset, row: str, params: dict | None = None) -> dict:
+    """The resolved keyword arguments of a table row: the preset's for its attack, then the paper form
+    (:data:`mlnb.presets.PAPER_FORMS`), then ``params[row]`` (``params`` is keyed by row name)."""
+    return {**preset.attack_params(row_attack(row)), **PAPER_FORMS.get(row, {}), **(params or {}).get(row, {})}
+
+
+def is_scenario_row(p: dict) -> bool:
+    """Does a row with resolved params ``p`` pick one ε for all images of a call (``eps="scenario"``)?"""
+    return isinstance(p.get("eps"), str) and p["eps"] == "scenario"
+
+
+def plan_chunks(n_images: int, batch_size: int, scenario: bool) -> list[list[int]]:
+    """Positions ``0..n_images-1`` in chunks of ``batch_size``; a single chunk for a scenario row."""
+    if scenario:
+        return [list(range(n_images))] if n_images else []
+    return [list(range(i, min(i + batch_size, n_images))) for i in range(0, n_images, batch_size)]
+
+
+def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
+    """What a run key hashes: everything that changes a row's per-image results (``fields``: seed, n,
+    max_rmsd, label). The runner's ``batch_size`` is left out (no attack draws random numbers, so the
+    chunks do not change results), except for a scenario-ε row, attacked in one call: ``"scenario"``."""
+    key = {"attack": row, "function": row_attack(row), "params": p, "n_test": preset.n_test,
+           "image_size": preset.image_size, "metrics": METRICS_VERSION, **fields}
+    if is_scenario_row(p):
+        key["batch_size"] = "scenario"
+    return key
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -208,20 +252,24 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                    seed: int = 0, device: str | torch.device = "auto", n: int | dict | None = None,
                    max_rmsd: float | None = ..., params: dict | None = None, batch_size: int | None = None,
                    download: bool = False, progress: bool = True) -> ExperimentResult:
-    """Run ``attacks`` x ``strategies`` on the preset's target model(s); resumable and shardable.
+    """Run the table rows ``attacks`` x ``strategies`` on the preset's target model(s); resumable and shardable.
 
     Args:
         preset: a name of :data:`mlnb.presets.PRESETS` or a :class:`Preset`.
-        attacks / strategies: names (list or comma-separated); strategies of :data:`mlnb.labels.STRATEGIES`
-            (``reduce`` / ``augment`` use ``preset.reduce_label`` / ``preset.augment_label``).
+        attacks: table rows of :data:`mlnb.presets.ROW_NAMES` (list or comma-separated; default the
+            paper's six). A row runs ``ATTACKS[row_attack(row)]`` with :func:`row_params`; its name goes
+            into the records' ``attack`` field, the run key and the table index.
+        strategies: names of :data:`mlnb.labels.STRATEGIES` (list or comma-separated; ``reduce`` /
+            ``augment`` use ``preset.reduce_label`` / ``preset.augment_label``).
         out_dir: the store root; per-image results go to ``out_dir/<run key>/`` (see :mod:`mlnb.store`).
         seed: fixes the images drawn, the random-case targets and the attacks' random starts.
         n: images per strategy (int, or ``{strategy: int}``); default ``preset.n_general`` for the
             general strategies and ``preset.n_label_specified`` for the others.
         max_rmsd: RMSD bound (0-255) with the projection rule of the module docstring; default the preset's.
-        params: ``{attack: {keyword: value}}`` overriding ``preset.attack_params(attack)``.
-        batch_size: images per chunk (default ``preset.attack_batch_size``); part of the run key, since
-            chunks fix the random starts.
+        params: ``{row: {keyword: value}}`` overriding the row's resolved parameters (that row only:
+            ``{"fgs": ...}`` does not reach ``fgs_per_image``).
+        batch_size: images per chunk (default ``preset.attack_batch_size``); not in the run key (chunks
+            do not change results); ignored by a scenario-ε row, which is attacked in one call.
         download: let torchvision fetch PASCAL VOC (``paper`` preset) when it is missing; without it a
             missing VOC folder raises ``FileNotFoundError`` naming the folder, before any work.
 
@@ -232,7 +280,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     from .models import predict_scores
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    attacks, strategies = _names(attacks, ATTACK_NAMES, "attack"), _names(strategies, STRATEGIES, "strategy")
+    attacks, strategies = _names(attacks, ROW_NAMES, "attack"), _names(strategies, STRATEGIES, "strategy")
     datasets = preset.datasets  # one target model per data set (Table IV: VOC 2007 and VOC 2012)
     max_rmsd = preset.max_rmsd if max_rmsd is ... else max_rmsd
     if max_rmsd is not None:
@@ -240,9 +288,10 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     check_data_available(preset, download=download)
     params = params or {}
     for a in params:
-        check_choice("attack in params", a, ATTACK_NAMES)
-    for a in attacks:  # a misspelt keyword fails now, not after the target model is trained
-        check_params(a, {**preset.attack_params(a), **params.get(a, {})})
+        check_choice("attack in params", a, ROW_NAMES)
+    resolved = {row: row_params(preset, row, params) for row in attacks}
+    for row in attacks:  # a misspelt keyword fails now, not after the target model is trained
+        check_params(row_attack(row), resolved[row])
     rank, world, dev, created = dist_context(resolve_device(device))
     store_root = Path(out_dir)
     if batch_size is not None:
@@ -264,13 +313,12 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                 idx, A, B, n_el = draw_targets(y_all, X, strategy, n_s, seed=seed, dataset=dataset,
                                                label=label, names=ds.label_names)
                 eligible[(dataset, strategy)] = n_el
-                chunks = [list(range(i, min(i + bs, len(idx)))) for i in range(0, len(idx), bs)]
-                for attack in attacks:
-                    p = {**preset.attack_params(attack), **params.get(attack, {})}
+                for attack in attacks:  # a table row
+                    p, scenario = resolved[attack], is_scenario_row(resolved[attack])
+                    chunks = plan_chunks(len(idx), bs, scenario)
                     key = run_key(preset=preset.name, dataset=dataset, model=model_id, attack=attack, strategy=strategy,
-                                  params_hash=param_hash({"attack": attack, "params": p, "max_rmsd": max_rmsd,
-                                                          "seed": seed, "n": n_s, "batch_size": bs, "label": label,
-                                                          "n_test": preset.n_test, "image_size": preset.image_size}))
+                                  params_hash=param_hash(run_params(preset, attack, p, max_rmsd=max_rmsd, seed=seed,
+                                                                    n=n_s, label=label)))
                     store = ResultStore(store_root, key, rank=rank)
                     stores.append(store)
                     done = store.done()
@@ -281,8 +329,8 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                         ii = idx[c]
                         x, y = ds.tensors(ii)
                         x, y, a, b = x.to(dev), y.to(dev), A[c].to(dev), B[c].to(dev)
-                        recs = _run_chunk(ATTACKS[attack], model, x, y, a, b, p,
-                                          (seed, dataset, attack, strategy, k), max_rmsd)
+                        recs = _run_chunk(ATTACKS[row_attack(attack)], model, x, y, a, b, p,
+                                          (seed, dataset, attack, strategy, k), max_rmsd, split=not scenario)
                         for i, r, a_row in zip(ii.tolist(), recs, A[c]):
                             r.update(index=i, image_id=ds.ids[i], dataset=dataset, strategy=strategy, attack=attack,
                                      label=label, A=a_row.nonzero().flatten().tolist(),
@@ -315,59 +363,8 @@ def _bar(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, leave=False)
 
 
-# ----------------------------------------------------------------------------- command line
-def _parse_params(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items or []:
-        name, _, value = item.partition("=")
-        attack, _, kw = name.partition(".")
-        if not kw or not _:
-            raise ValueError(f"--param {item!r}: write ATTACK.KEYWORD=VALUE, e.g. ml_cw.max_iter=20")
-        check_choice("attack in --param", attack, ATTACK_NAMES)
-        try:
-            val = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            val = value
-        out.setdefault(attack, {})[kw] = val
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlnb.experiments``: run, write ``<out>/table.csv`` and print the table (rank 0)."""
-    ap = argparse.ArgumentParser(prog="python -m mlnb.experiments", description="\n\n".join(__doc__.split("\n\n")[:2]),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Runs under `torchrun --nproc_per_node=K -m mlnb.experiments ...` "
-                                        "unchanged; the results are identical. Rerunning skips finished images.")
-    ap.add_argument("--preset", default="default", help="smoke, default or paper (default: %(default)s)")
-    ap.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="comma-separated (default: all six)")
-    ap.add_argument("--strategies", default="random,extreme", help="comma-separated: random, extreme, reduce, augment")
-    ap.add_argument("--out", default="results/experiments", help="output folder (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto, cpu or an accelerator name")
-    ap.add_argument("--n-images", type=int, default=None, help="images per strategy (default: the preset's)")
-    ap.add_argument("--batch-size", type=int, default=None, help="images per chunk (default: the preset's)")
-    ap.add_argument("--max-rmsd", type=float, default=None, help="RMSD bound, 0-255 scale (default: the preset's)")
-    ap.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
-                    help="override an attack parameter, e.g. ml_cw.max_iter=20 (repeatable)")
-    ap.add_argument("--download", action="store_true", help="fetch PASCAL VOC when missing (paper preset)")
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    res = run_experiment(args.preset, args.attacks, args.strategies, out_dir=out / "runs", seed=args.seed,
-                         device=args.device, n=args.n_images, params=_parse_params(args.param),
-                         batch_size=args.batch_size, download=args.download,
-                         max_rmsd=... if args.max_rmsd is None else args.max_rmsd, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write_text(out / "table.csv", res.table.to_csv())
-        run_params = {k: v for k, v in vars(args).items() if k != "no_progress"}
-        write_json(out / "metrics.json", {"params": run_params, "params_hash": param_hash(run_params),
-                                          "seed": args.seed, "environment": environment_info(resolve_device(args.device)),
-                                          "attack_set_size": res.attack_set_size})
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print(res.table.round(4).to_string())
-        print(f"table written to {out / 'table.csv'}")
-    return 0
-
+# ----------------------------------------------------------------------------- command line (mlnb.experiments_cli)
+from .experiments_cli import _parse_params, main  # noqa: E402,F401  (python -m mlnb.experiments)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,8 +4,18 @@ Every per-image kernel takes ``(N, L)`` tensors and returns an ``(N,)`` float te
 device; nothing loops over images. Ties are handled exactly with pairwise ``(N, L, L)`` comparisons
 (``L`` is small) or, where ``N`` is large, with a sort and ``searchsorted``.
 
-Predictions use the paper's threshold: ``h_i = 1`` iff ``f_i >= 0.5`` (Sec. IV-D, :func:`predict`).
-In attack evaluation the *target* labels ``y* = y XOR A`` are the ground truth.
+**Attacks are scored on logits.** :func:`per_image_metrics` and :func:`evaluate_attack` take the
+model's logits at ``x_adv``: float32 probabilities saturate (``sigmoid(z)`` is exactly 1.0 past
+``z`` of about 16.6), so ranking metrics on them see ties the logits do not have. The ranking
+metrics (ranking loss, AP / mAP, instance AUC, Kendall τ_b) depend on the order only, which sigmoid
+keeps; the paper's prediction ``h_i = [f_i >= 0.5]`` (Sec. IV-D) is ``logit >= 0`` exactly
+(:func:`predict_logits`). The *target* labels ``y* = y XOR A`` are the ground truth. Table III
+(:func:`model_quality`) keeps taking probabilities, as :func:`mlnb.models.predict_scores` gives them.
+
+**One tie rule.** A tied (positive, negative) pair counts 1/2: 1/2 correct in the instance AUC (as
+sklearn ``roc_auc_score``) and 1/2 error in the ranking loss, so ``instance_auc = 1 - ranking_loss``
+on every row with a positive and a negative. sklearn ``label_ranking_loss`` counts a tie as a full
+error: we differ from it on ties only, which are rare on logits. AP ranks ties pessimistically (LRAP).
 
 Degenerate rows (documented choices; nothing ever returns Inf):
 
@@ -15,9 +25,11 @@ kernel                    degenerate row                           value
 ``hamming_loss``          empty mask (e.g. ``B = ∅``)              NaN ("N.A.")
 ``instance_f1``           no predicted and no target positive      1.0 (exact match)
 ``ranking_loss``          no positive or no negative in ``y*``     0.0 (as sklearn)
+``ranking_loss``          constant logits (every pair tied)        0.5 (sklearn: 1.0)
 ``average_precision``     no positive or no negative in ``y*``     1.0 (as sklearn)
 ``instance_auc``          no positive or no negative in ``y*``     NaN (undefined)
-``kendall_tau_b``         constant scores or constant ``y_τ``      NaN (undefined)
+``instance_auc``          constant logits (every pair tied)        0.5 (as sklearn)
+``kendall_tau_b``         constant logits or constant ``y_τ``      NaN (undefined)
 ========================  =======================================  =================
 
 Aggregates (:func:`evaluate_attack`) are NaN-aware means; a key whose every row is NaN is NaN.
@@ -35,19 +47,21 @@ from .validate import (check_eval_model, check_images, check_label_matrix, check
                        check_positive, check_same_rows, check_target)
 
 THRESHOLD = 0.5  # h_i(x) = 1 iff f_i(x) >= 0.5 (Sec. IV-D)
+LOGIT_THRESHOLD = 0.0  # the same threshold on logits: sigmoid(z) >= 0.5 iff z >= 0
 ATTACK_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_scores(scores, name: str = "scores", *, probabilities: bool = False) -> None:
-    """Scores: a finite float ``(N, L)`` tensor (in ``[0, 1]`` when ``probabilities``)."""
+def _check_scores(scores, name: str = "scores", *, probabilities: bool = False, what: str = "scores") -> None:
+    """Scores: a finite float ``(N, L)`` tensor (in ``[0, 1]`` when ``probabilities``); ``what`` names
+    them in the messages (``"logits"`` for the attack metrics)."""
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, L), got {type(scores).__name__}")
     if scores.dim() != 2 or not scores.is_floating_point():
         raise ValueError(f"{name} must be a float tensor (N, L), got dtype {scores.dtype} and shape "
-                         f"{tuple(scores.shape)}: pass one row of label scores per image")
+                         f"{tuple(scores.shape)}: pass one row of label {what} per image")
     if not torch.isfinite(scores).all():
-        raise ValueError(f"{name} contains NaN or Inf: the metrics need finite scores")
+        raise ValueError(f"{name} contains NaN or Inf: the metrics need finite {what}")
     if probabilities and scores.numel() and (scores.min() < 0 or scores.max() > 1):
         raise ValueError(f"{name} must be probabilities in [0, 1], found values in "
                          f"[{float(scores.min()):.4g}, {float(scores.max()):.4g}]: pass torch.sigmoid(logits)")
@@ -74,6 +88,13 @@ def predict(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     """Predicted labels ``h_i = [f_i >= threshold]``: ``(N, L)`` probabilities -> ``(N, L)`` bool (Sec. IV-D)."""
     _check_scores(scores)
     return scores >= threshold
+
+
+def predict_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted labels from logits, ``h_i = [z_i >= 0]``: ``(N, L)`` -> ``(N, L)`` bool; equal to
+    ``predict(torch.sigmoid(logits))`` (``sigmoid(z) >= 0.5`` iff ``z >= 0``) without the rounding."""
+    _check_scores(logits, "logits", what="logits")
+    return logits >= LOGIT_THRESHOLD
 
 
 def rmsd(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -129,15 +150,18 @@ def _pairs(scores: torch.Tensor, y: torch.Tensor):
 
 def ranking_loss(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
     """Ranking loss, ``(N,)`` in ``[0, 1]``: the fraction of (positive, negative) label pairs of
-    ``y_star`` with ``f_pos <= f_neg`` (a tie counts as an error, as in sklearn ``label_ranking_loss``).
+    ``y_star`` ranked wrongly, ``f_pos < f_neg`` counting 1 and a tie ``f_pos = f_neg`` counting 1/2.
 
-    ``scores`` ``(N, L)`` float, ``y_star`` ``(N, L)`` bool. Rows with no positive or no negative: 0.0.
+    The tie rule is the instance AUC's, so ``ranking_loss = 1 - instance_auc`` row by row. sklearn
+    ``label_ranking_loss`` counts a tie as a full error: the two differ on tied pairs only (rare on
+    logits, the scores the attack metrics use). ``scores`` ``(N, L)`` float (logits or probabilities),
+    ``y_star`` ``(N, L)`` bool. Rows with no positive or no negative: 0.0 (as sklearn).
     """
     _check_scores(scores)
     _check_like(y_star, "y_star", scores, "scores")
     pair, diff, n_pairs = _pairs(scores, y_star)
-    bad = (pair & (diff <= 0)).sum((1, 2))
-    out = _float(bad, scores) / _float(n_pairs.clamp(min=1), scores)
+    bad = _float((pair & (diff < 0)).sum((1, 2)), scores) + 0.5 * _float((pair & (diff == 0)).sum((1, 2)), scores)
+    out = bad / _float(n_pairs.clamp(min=1), scores)
     return torch.where(n_pairs > 0, out, torch.zeros_like(out))
 
 
@@ -160,8 +184,8 @@ def average_precision(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tenso
     """Per-instance average precision, ``(N,)`` in ``(0, 1]``; mAP (Sec. IV-D) is its mean.
 
     ``AP_n = mean_{j in Y*} #{k in Y*: f_k >= f_j} / #{k: f_k >= f_j}`` (ties ranked pessimistically),
-    equal to sklearn ``label_ranking_average_precision_score`` row by row. Rows with no positive or
-    no negative label: 1.0 (as sklearn).
+    equal to sklearn ``label_ranking_average_precision_score`` row by row. ``scores`` ``(N, L)`` float
+    (logits or probabilities), ``y_star`` ``(N, L)`` bool. Rows with no positive or no negative: 1.0.
     """
     _check_scores(scores)
     _check_like(y_star, "y_star", scores, "scores")
@@ -173,7 +197,9 @@ def average_precision(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tenso
 
 def instance_auc(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
     """Instance AUC, ``(N,)`` in ``[0, 1]``: the fraction of (positive, negative) pairs ranked
-    correctly, a tie counting 1/2 (sklearn ``roc_auc_score`` on each row) (Sec. IV-D).
+    correctly, a tie counting 1/2 (sklearn ``roc_auc_score`` on each row) (Sec. IV-D); equal to
+    ``1 - ranking_loss`` on every row where it is defined. ``scores`` ``(N, L)`` float (logits or
+    probabilities), ``y_star`` ``(N, L)`` bool.
 
     Rows with no positive or no negative label: NaN (AUC is undefined there).
     """
@@ -218,32 +244,34 @@ def _kendall_tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Te
 
 
 # ----------------------------------------------------------------------------- attack evaluation
-def per_image_metrics(scores_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+def per_image_metrics(logits_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                       A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every Sec. IV-D metric of an attack, per image: ``{key: (N,) tensor}`` for the keys
     ``rmsd, hamming_A, hamming_B, f1, ranking_loss, map, auc, kendall_tau_b``.
 
-    ``scores_adv`` ``(N, L)`` probabilities at ``x_adv``; ``x``, ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``;
-    ``y``, ``A``, ``B`` ``(N, L)`` bool, ``A`` non-empty per row. The target labels ``y* = y XOR A`` are
-    the ground truth; Kendall τ_b compares the scores with ``y_τ`` of Sec. III-C2.
+    ``logits_adv`` ``(N, L)``: the model's *logits* at ``x_adv`` (``AttackResult.logits``; not the
+    probabilities, which round to exactly 0 or 1 and tie); ``x``, ``x_adv`` ``(N, C, H, W)`` in
+    ``[0, 1]``; ``y``, ``A``, ``B`` ``(N, L)`` bool, ``A`` non-empty per row. Predictions are
+    ``logit >= 0`` (probability ``>= 0.5``, exactly); the ranking metrics and Kendall τ_b (against
+    ``y_τ`` of Sec. III-C2) use the logits' order. The target labels ``y* = y XOR A`` are the ground truth.
     """
     check_target(y, A, B)
-    _check_scores(scores_adv, "scores_adv", probabilities=True)
-    _check_like(y, "y", scores_adv, "scores_adv")
+    _check_scores(logits_adv, "logits_adv", what="logits")
+    _check_like(y, "y", logits_adv, "logits_adv")
     check_images(x, "x")
     check_images(x_adv, "x_adv")
     check_same_rows(x=x, x_adv=x_adv, y=y)
     y_star = y ^ A
-    pred = scores_adv >= THRESHOLD
+    pred = logits_adv >= LOGIT_THRESHOLD
     return {
         "rmsd": rmsd(x, x_adv),
         "hamming_A": hamming_loss(pred, y_star, A),
         "hamming_B": hamming_loss(pred, y_star, B),
         "f1": instance_f1(pred, y_star),
-        "ranking_loss": ranking_loss(scores_adv, y_star),
-        "map": average_precision(scores_adv, y_star),
-        "auc": instance_auc(scores_adv, y_star),
-        "kendall_tau_b": kendall_tau_b(scores_adv, kendall_criterion(y, A, B)),
+        "ranking_loss": ranking_loss(logits_adv, y_star),
+        "map": average_precision(logits_adv, y_star),
+        "auc": instance_auc(logits_adv, y_star),
+        "kendall_tau_b": kendall_tau_b(logits_adv, kendall_criterion(y, A, B)),
     }
 
 
@@ -253,8 +281,8 @@ def _nanmean(v: torch.Tensor) -> float:
     return float(v[keep].double().mean()) if bool(keep.any()) else math.nan
 
 
-def _model_scores(model: torch.nn.Module, x: torch.Tensor, num_labels: int, batch_size: int) -> torch.Tensor:
-    """``sigmoid(model(x))`` in batches under ``no_grad``, ``(N, num_labels)``."""
+def _model_logits(model: torch.nn.Module, x: torch.Tensor, num_labels: int, batch_size: int) -> torch.Tensor:
+    """``model(x)`` in batches under ``no_grad``, ``(N, num_labels)`` logits."""
     check_eval_model(model)
     check_images(x, "x_adv")
     check_positive("batch_size", batch_size, integer=True)
@@ -264,24 +292,25 @@ def _model_scores(model: torch.nn.Module, x: torch.Tensor, num_labels: int, batc
             chunk = x[i:i + int(batch_size)]
             logits = model(chunk)
             check_logits(logits, chunk.shape[0], num_labels)
-            out.append(torch.sigmoid(logits))
+            out.append(logits)
     return torch.cat(out)
 
 
-def evaluate_attack(model_or_scores, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+def evaluate_attack(model_or_logits, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                     A: torch.Tensor, B: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
     """Mean Sec. IV-D metrics of an attack (Tables IV-V): ``{key: float}`` for the keys of
     :func:`per_image_metrics`, NaN-aware (``hamming_B`` is NaN when every ``B`` is empty, "N.A.").
 
-    ``model_or_scores``: an ``nn.Module`` in eval mode mapping images to ``(N, L)`` logits (scored as
-    ``sigmoid(model(x_adv))`` in batches of ``batch_size``), or the ``(N, L)`` probabilities at ``x_adv``.
+    ``model_or_logits``: an ``nn.Module`` in eval mode mapping images to ``(N, L)`` logits (scored as
+    ``model(x_adv)`` in batches of ``batch_size``), or the ``(N, L)`` logits at ``x_adv``
+    (``AttackResult.logits``).
     """
-    if isinstance(model_or_scores, torch.nn.Module):
+    if isinstance(model_or_logits, torch.nn.Module):
         check_label_matrix(y, "y")
-        scores = _model_scores(model_or_scores, x_adv, y.shape[1], batch_size)
+        logits = _model_logits(model_or_logits, x_adv, y.shape[1], batch_size)
     else:
-        scores = model_or_scores
-    per = per_image_metrics(scores, x, x_adv, y, A, B)
+        logits = model_or_logits
+    per = per_image_metrics(logits, x, x_adv, y, A, B)
     return {k: _nanmean(v) for k, v in per.items()}
 
 
@@ -289,7 +318,10 @@ def evaluate_attack(model_or_scores, x: torch.Tensor, x_adv: torch.Tensor, y: to
 def model_quality(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Quality of the target model on clean images (Table III), as floats.
 
-    ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool. Keys: ``hamming`` (Hamming loss over all
+    ``scores`` ``(N, L)`` probabilities (:func:`mlnb.models.predict_scores`), ``y`` ``(N, L)`` bool.
+    Unlike the attack metrics this keeps probabilities: clean images of a model trained on them tie
+    only where a negative label is as saturated as a positive one, and such a tie counts 1/2 in the
+    ranking loss (the module's tie rule). Keys: ``hamming`` (Hamming loss over all
     labels), ``macro_f1`` / ``micro_f1`` (sklearn ``f1_score`` semantics, ``zero_division=0``),
     ``ranking_loss`` (mean), ``map`` (mean per-instance AP, the paper's mAP) and ``label_map`` (VOC-style
     mean over labels of per-label AP = sklearn ``average_precision_score(average="macro")``; a label

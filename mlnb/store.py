@@ -17,7 +17,8 @@ Guarantees (issue 8, item 3):
   order), so a resumed run aggregates to exactly the table of an uninterrupted one;
 * whole files (the merged file) are written with :func:`mlnb.utils.atomic_write_text`.
 
-The tables are aggregated from the records (:func:`records_frame`, :func:`aggregate`, :func:`summary`).
+The tables are aggregated from the records (:func:`records_frame`, :func:`aggregate`, :func:`summary`),
+with percentile-bootstrap confidence intervals over images (:func:`aggregate_ci`, :func:`with_ci`).
 
 Introduced in notebooks/06_general_attacks.ipynb.
 """
@@ -26,20 +27,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .labels import STRATEGIES
-from .presets import ATTACK_NAMES
+from .presets import ROW_NAMES
 from .utils import atomic_write_text, to_jsonable
+from .validate import check_positive
 
 METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
 COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",
            "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}
 HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
-                    "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True}
+                    "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True,
+                    "Success": True, "Clean": False}
+TABLE_COLUMNS = (*COLUMNS.values(), "Success", "Clean")  # the columns of aggregate()
+GROUP = ["dataset", "strategy", "attack"]
 MERGED = "results.jsonl"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -175,20 +183,114 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def _values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-image values behind each table column: the metrics, RMSD NaN on a clean-image fallback
+    (``rmsd == 0``), ``Success`` 0 / 1 (NaN if unknown) and ``Clean`` 0 / 1."""
+    v = frame[list(METRIC_KEYS)].astype(float).rename(columns=COLUMNS)
+    v["RMSD"] = v["RMSD"].where(v["RMSD"] > 0)
+    v["Success"] = frame["success"].astype(float) if "success" in frame else np.nan
+    v["Clean"] = (frame["rmsd"].astype(float) == 0).astype(float)
+    return v
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(TABLE_COLUMNS), index=pd.MultiIndex.from_tuples([], names=GROUP))
+
+
+def _ordered(table: pd.DataFrame, strategies, attacks) -> pd.DataFrame:
+    """Rows by data set, then ``strategies`` (default the paper's), then ``attacks`` (default
+    :data:`mlnb.presets.ROW_NAMES`); names missing from an order go last, in order of appearance."""
+    s_order, a_order = list(strategies or STRATEGIES), list(attacks or ROW_NAMES)
+    pos = lambda order, v: order.index(v) if v in order else len(order)  # noqa: E731
+    keys = {t: (t[0], pos(s_order, t[1]), pos(a_order, t[2]), i) for i, t in enumerate(table.index)}
+    return table.loc[sorted(table.index, key=keys.get)]
+
+
 def aggregate(frame: pd.DataFrame, strategies=None, attacks=None) -> pd.DataFrame:
-    """The paper's table (IV or V): mean per-image metrics, index ``(dataset, strategy, attack)`` in the
-    order given (else the paper's), columns ``RMSD, Hamming(A), Hamming(B), F1, Ranking loss, mAP, AUC,
-    Kendall tau-b``. Means skip NaN (``Hamming(B)`` with ``B = ∅`` is NaN, the paper's "N.A.")."""
-    cols = list(COLUMNS.values())
+    """The paper's table (IV or V): mean per-image metrics, index ``(dataset, strategy, attack)`` (the
+    attack level holds table rows) in the order given (else the paper's), columns ``RMSD, Hamming(A),
+    Hamming(B), F1, Ranking loss, mAP, AUC, Kendall tau-b, Success, Clean``. Means skip NaN
+    (``Hamming(B)`` with ``B = ∅`` is NaN, the paper's "N.A.").
+
+    ``Success``: the fraction of images whose target is met (``record["success"]``). ``Clean``: the
+    number of images the attack returned unchanged (``rmsd == 0``), a clean-image fallback, since
+    every attacked image starts outside its target state. ``RMSD`` is the mean over the *perturbed*
+    images only (``rmsd > 0``; NaN if none): fallbacks are kept out of RMSD comparisons, where their
+    zero would otherwise lower the mean of the attack that failed more often.
+    """
     if frame.empty:
-        return pd.DataFrame(columns=cols, index=pd.MultiIndex.from_tuples([], names=["dataset", "strategy", "attack"]))
-    frame = frame.sort_values(["dataset", "strategy", "attack", "index"], kind="stable")
-    table = frame.groupby(["dataset", "strategy", "attack"], sort=False)[list(METRIC_KEYS)].mean()
-    table = table.rename(columns=COLUMNS)[cols]
-    s_order = list(strategies or STRATEGIES)
-    a_order = list(attacks or ATTACK_NAMES)
-    order = sorted(table.index, key=lambda t: (t[0], s_order.index(t[1]), a_order.index(t[2])))
-    return table.loc[order]
+        return _empty()
+    frame = frame.sort_values([*GROUP, "index"], kind="stable")
+    v = _values(frame)
+    by = [frame[k] for k in GROUP]
+    g = v.groupby(by, sort=False)
+    ref = g.first()  # means as ref + mean(v - ref): a constant column averages to exactly its value
+    table = (ref + (v - g.transform("first")).groupby(by, sort=False).mean())[list(TABLE_COLUMNS)]
+    table["Clean"] = g["Clean"].sum().astype(int)
+    return _ordered(table, strategies, attacks)
+
+
+def aggregate_ci(frame: pd.DataFrame, strategies=None, attacks=None, *, level: float = 0.95,
+                 n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Percentile-bootstrap confidence intervals of :func:`aggregate`'s cells: ``(lo, hi)``, two
+    DataFrames with its index and columns.
+
+    Within each ``(dataset, strategy, attack)`` group the images are resampled with replacement
+    ``n_boot`` times; each resample gives every column's statistic as :func:`aggregate` computes it
+    (NaN-aware mean; ``Clean``: the count; ``RMSD`` over perturbed images), and ``lo`` / ``hi`` are the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the resamples (resamples where a column
+    is undefined, e.g. no perturbed image, are skipped; NaN if all are). Vectorised: one ``(n_boot, n)``
+    count matrix per group. Reproducible: a group's generator is ``numpy.random.default_rng([seed,
+    crc32(group)])``, so a row's interval does not depend on which other rows are in ``frame``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}: pass e.g. level=0.95")
+    check_positive("n_boot", n_boot, integer=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if frame.empty:
+        return _empty(), _empty()
+    frame = frame.sort_values([*GROUP, "index"], kind="stable")
+    v = _values(frame)[list(TABLE_COLUMNS)]
+    is_count = np.array([c == "Clean" for c in TABLE_COLUMNS])
+    q = [50 * (1 - level), 50 * (1 + level)]
+    lo, hi = {}, {}
+    for key, g in v.groupby([frame[k] for k in GROUP], sort=False):
+        vals = g.to_numpy(float)  # (n, K)
+        n, nb = vals.shape[0], int(n_boot)
+        rng = np.random.default_rng([int(seed), zlib.crc32("|".join(map(str, key)).encode())])
+        pick = rng.integers(0, n, size=(nb, n)) + n * np.arange(nb)[:, None]
+        counts = np.bincount(pick.ravel(), minlength=nb * n).reshape(nb, n).astype(float)  # (n_boot, n)
+        ok = ~np.isnan(vals)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns / resamples: NaN
+            center = vals[ok.argmax(0), np.arange(vals.shape[1])]  # first valid value, as aggregate()
+            dev = np.where(ok, vals - center, 0.0)  # centred: a constant column resamples to exactly itself
+            m = counts @ ok
+            stat = np.where(is_count, counts @ np.where(ok, vals, 0.0), center + (counts @ dev) / np.where(m > 0, m, 1))
+            stat = np.where(is_count | (m > 0), stat, np.nan)
+            lo[key], hi[key] = np.nanpercentile(stat, q, axis=0)
+    to_frame = lambda d: pd.DataFrame.from_dict(d, orient="index", columns=list(TABLE_COLUMNS))  # noqa: E731
+    lo, hi = to_frame(lo), to_frame(hi)
+    lo.index = hi.index = pd.MultiIndex.from_tuples(list(lo.index), names=GROUP)
+    order = _ordered(lo, strategies, attacks).index
+    return lo.loc[order], hi.loc[order]
+
+
+def with_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Cells as strings ``"0.1234 [0.1000, 0.1500]"`` (mean [lo, hi], ``digits`` decimals; ``Clean``
+    as whole numbers; a NaN mean prints "N.A."), for notebooks. ``lo`` / ``hi``: :func:`aggregate_ci`."""
+    lo, hi = lo.reindex(index=table.index, columns=table.columns), hi.reindex(index=table.index, columns=table.columns)
+
+    def fmt(x, d):
+        return "nan" if pd.isna(x) else f"{float(x):.{d}f}"
+
+    out = pd.DataFrame(index=table.index, columns=table.columns, dtype=object)
+    for c in table.columns:
+        d = 0 if c == "Clean" else int(digits)
+        out[c] = ["N.A." if pd.isna(v) else f"{fmt(v, d)} [{fmt(a, d)}, {fmt(b, d)}]"
+                  for v, a, b in zip(table[c], lo[c], hi[c])]
+    return out
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:

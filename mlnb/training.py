@@ -35,6 +35,7 @@ from .validate import check_choice, check_label_matrix, check_positive
 LOSSES = ("eq12", "bce")
 SCORE_KINDS = ("probability", "logit")
 CHECKPOINT_FORMAT = 1
+TRAIN_THREADS = 2  # CPU threads for training a preset's target model (fixed: reproducible weights)
 META_KEYS = ("backbone", "num_labels", "image_size", "label_names")
 
 
@@ -84,14 +85,20 @@ def _loss(out, y: torch.Tensor, loss: str, lam: float, scores: str = "probabilit
 def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
                 loss: str = "eq12", lam: float = 0.5, scores: str = "probability", max_seconds: float | None = None,
                 weight_decay: float = 1e-4, augment: bool = True, generator: torch.Generator | None = None,
-                progress: bool = True, device=None) -> dict:
+                progress: bool = True, device=None, clock=time.perf_counter) -> dict:
     """Train ``model`` on ``train_set`` (a :class:`mlnb.data.MultiLabelDataset`) with Adam and a cosine
     learning-rate schedule; random horizontal flips when ``augment``. ``loss="eq12"`` (Eq. 12 with
-    weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or ``"bce"``. Stops early
-    after ``max_seconds``. Leaves the model in eval mode.
+    weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or ``"bce"``. Stops early,
+    after the step during which more than ``max_seconds`` have passed. Leaves the model in eval mode.
+
+    ``clock`` (keyword-only, default :func:`time.perf_counter`): a callable returning seconds as a float,
+    used for ``max_seconds`` and ``train_seconds``. It is read once before the first step, after every
+    step while ``max_seconds`` is set, and once at the end; tests pass a fake clock to make the early
+    stop deterministic.
 
     Returns a history dict: ``loss`` (mean per epoch), ``epochs_run``, ``steps``, ``train_seconds``
-    (wall clock), ``train_cpu_seconds`` (process CPU time, all threads), ``threads``, ``stopped_early``.
+    (elapsed on ``clock``: wall clock by default), ``train_cpu_seconds`` (process CPU time, all threads),
+    ``threads``, ``stopped_early``.
 
     Introduced in notebooks/01_target_model.ipynb.
     """
@@ -103,6 +110,8 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     check_positive("lam", lam, allow_zero=True)
     if max_seconds is not None:
         check_positive("max_seconds", max_seconds)
+    if not callable(clock):
+        raise TypeError(f"clock must be a callable returning seconds (e.g. time.monotonic), got {clock!r}")
     if len(train_set) == 0:
         raise ValueError("train_set is empty: pass at least one training image")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -113,7 +122,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
     history = {"loss": [], "epochs_run": 0, "steps": 0, "stopped_early": False}
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = clock(), time.process_time()
     bar = tqdm(total=total, disable=not progress, desc="training")
     model.train()
     for _ in range(epochs):
@@ -132,7 +141,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
             running.append(float(value.detach()))
             history["steps"] += 1
             bar.update(1)
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            if max_seconds is not None and clock() - start > max_seconds:
                 history["stopped_early"] = True
                 break
         history["loss"].append(sum(running) / len(running))
@@ -141,7 +150,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
         if history["stopped_early"]:
             break
     bar.close()
-    history["train_seconds"] = time.perf_counter() - start
+    history["train_seconds"] = clock() - start
     history["train_cpu_seconds"] = time.process_time() - cpu_start  # all threads; / threads ~ idle-machine wall
     history["threads"] = torch.get_num_threads()
     model.eval()
@@ -211,6 +220,21 @@ def load_model(path: str | Path, device=None, expect: dict | None = None) -> tup
     return model.eval(), meta
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) of a model's parameters and buffers, in ``state_dict`` order: two
+    trainings that gave bit-identical weights have the same fingerprint.
+
+    Introduced in notebooks/01_target_model.ipynb.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def get_target_model(preset, device=None, retrain: bool = False, progress: bool = True, dataset: str | None = None):
     """The target model of a preset (name or :class:`mlnb.presets.Preset`), trained once and cached
     under ``data_root()/models/<preset>-<hash>.pt`` (the hash covers data, model and training settings).
@@ -232,7 +256,7 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     key = {"dataset": dataset, "image_size": preset.image_size, "backbone": preset.backbone,
            "pretrained": preset.pretrained, "n_train": preset.n_train, "n_test": preset.n_test,
            "train": preset.train, "seed": 0, "format": CHECKPOINT_FORMAT,
-           "eq12_gradient": "exact"}  # models trained before the exact-gradient sigmoid are not reused
+           "eq12_gradient": "exact", "cpu_threads": TRAIN_THREADS}  # older models are not reused
     path = data_root() / "models" / f"{preset.name}-{param_hash(key)}.pt"
     if path.is_file() and not retrain:
         model, meta = load_model(path, device=device, expect={"backbone": preset.backbone,
@@ -247,12 +271,22 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
                         image_size=preset.image_size)
     if device is not None:
         model.to(device)
-    history = train_model(model, train_set, generator=torch.Generator().manual_seed(0), progress=progress,
-                          **preset.train)
+    # CPU results depend on how many threads split each reduction: train with a fixed count so that
+    # the same seed gives bit-identical weights on every machine with the same instruction set
+    threads = torch.get_num_threads()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu:
+        torch.set_num_threads(TRAIN_THREADS)
+    try:
+        history = train_model(model, train_set, generator=torch.Generator().manual_seed(0), progress=progress,
+                              **preset.train)
+    finally:
+        torch.set_num_threads(threads)
     scores = predict_scores(model, test_set, batch_size=200).cpu()
     meta = {"backbone": preset.backbone, "num_labels": train_set.num_labels, "image_size": preset.image_size,
             "label_names": list(train_set.label_names), "preset": preset.name, "dataset": dataset,
             "train_seconds": history["train_seconds"], "history": history, "n_train": len(train_set),
-            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels)}
+            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels),
+            "weights_sha256": weights_fingerprint(model), "train_threads": TRAIN_THREADS if on_cpu else None}
     save_model(model, path, meta)
     return model, {**meta, "path": str(path), "cached": False}

@@ -308,13 +308,13 @@ def test_negative_seed():
 # ----------------------------------------------------------------------------- scores given to metrics
 def test_scores_not_probabilities(case):
     _, x, y, A, B = case
-    with raises(ValueError, "scores_adv must be probabilities in [0, 1]"):
-        metrics.evaluate_attack(torch.full((2, 3), 3.0), x, x, y, A, B)
+    with raises(ValueError, "scores must be probabilities in [0, 1]"):
+        metrics.model_quality(torch.full((2, 3), 3.0), y)
 
 
-def test_scores_nan(case):
+def test_logits_nan(case):
     _, x, y, A, B = case
-    with raises(ValueError, "scores_adv contains NaN or Inf: the metrics need finite scores"):
+    with raises(ValueError, "logits_adv contains NaN or Inf: the metrics need finite logits"):
         metrics.evaluate_attack(torch.full((2, 3), float("nan")), x, x, y, A, B)
 
 

@@ -80,15 +80,20 @@ class _Linear(torch.nn.Module):
         return m * self.w
 
 
-def _fake_attack(shift: float, max_batch: int | None = None):
-    def attack(model, x, y, A, B, *, generator=None, progress=True):
+def _fake_attack(shift: float, max_batch: int | None = None, calls: list | None = None):
+    """An attack that adds ``shift`` to every pixel; records each call's ``(batch size, kwargs)`` in ``calls``."""
+    def attack(model, x, y, A, B, *, generator=None, progress=True, **kwargs):
+        if calls is not None:
+            calls.append((x.shape[0], kwargs))
         if max_batch is not None and x.shape[0] > max_batch:
             raise torch.OutOfMemoryError("simulated")
         x_adv = (x + shift).clamp(0, 1)
-        s = torch.sigmoid(model(x_adv))
+        with torch.no_grad():
+            z = model(x_adv)
         n = x.shape[0]
-        return AttackResult(x_adv, s, torch.ones(n, dtype=torch.bool), (A | B).sum(1), torch.ones(n, dtype=torch.long),
-                            torch.full((n,), float("nan")), torch.zeros(n))
+        return AttackResult(x_adv=x_adv, scores=torch.sigmoid(z), logits=z, success=torch.ones(n, dtype=torch.bool),
+                            n_satisfied=(A | B).sum(1), iterations=torch.ones(n, dtype=torch.long),
+                            param=torch.full((n,), float("nan")), kendall_tau=torch.zeros(n))
     return attack
 
 
@@ -106,6 +111,68 @@ def test_run_chunk_projects_rescores_and_splits_on_oom():
     assert all(abs(r["rmsd"] - 2.0) < 1e-3 and r["rmsd_raw"] > 25 for r in bounded)
     # mean pixel 0.45 + 2/255 < 0.5: the label is no longer flipped once the perturbation is bounded
     assert all(r["success"] is False and r["attack_success"] is True for r in bounded)
+    # the projected images are re-scored: logits and probabilities of the bounded image
+    with torch.no_grad():
+        z = model(x + 2 / 255)
+    assert all(r["logits_adv"] == pytest.approx(z[0].tolist(), abs=1e-3) for r in bounded)
+    assert all(r["scores_adv"] == pytest.approx(torch.sigmoid(z[0]).tolist(), abs=1e-4) for r in bounded)
+
+
+class _Saturated(torch.nn.Module):
+    """Logits (40, 30, -40) + a shift: probabilities (1.0, 1.0, 0.0) in float32, so they tie."""
+
+    def forward(self, x):
+        return torch.tensor([40.0, 30.0, -40.0]).expand(x.shape[0], 3) + x.flatten(1).mean(1, keepdim=True)
+
+
+@pytest.mark.unit
+def test_run_chunk_scores_on_logits_and_stores_them():
+    model = _Saturated().eval()
+    x = torch.zeros(2, 1, 2, 2)
+    y = torch.tensor([[False, False, False]] * 2)
+    A = torch.tensor([[True, False, False]] * 2)  # y* = (T, F, F): label 0 must rank above label 1
+    recs = E._run_chunk(_fake_attack(0.0), model, x, y, A, ~A, {}, (0,), None)
+    assert recs[0]["scores_adv"][:2] == [1.0, 1.0]  # tied as probabilities
+    assert recs[0]["logits_adv"] == [40.0, 30.0, -40.0]
+    # on logits label 0 (40) is above label 1 (30): no ranking error; h = (T, T, F): label 1 wrong in B
+    assert recs[0]["ranking_loss"] == 0.0 and recs[0]["auc"] == 1.0 and recs[0]["map"] == 1.0
+    assert recs[0]["hamming_A"] == 0.0 and recs[0]["hamming_B"] == 0.5 and recs[0]["success"] is False
+
+
+@pytest.mark.unit
+def test_run_chunk_never_splits_a_scenario_row():
+    model = _Linear().eval()
+    x = torch.full((4, 1, 4, 4), 0.45)
+    y = torch.tensor([[False, True]] * 4)
+    A = torch.tensor([[True, True]] * 4)
+    calls = []
+    with pytest.raises(torch.OutOfMemoryError, match="batch_size"):
+        E._run_chunk(_fake_attack(0.1, max_batch=1, calls=calls), model, x, y, A, ~A, {}, (0,), None, split=False)
+    assert [c[0] for c in calls] == [4]  # one call, no retry on halves (its ε would change)
+
+
+@pytest.mark.unit
+def test_rows_resolve_params_chunks_and_run_keys():
+    from mlnb.presets import ROW_NAMES, get_preset
+
+    preset = get_preset("smoke")
+    assert E.row_params(preset, "fgs") == {**preset.attack_params("fgs"), "eps": "scenario"}
+    assert E.row_params(preset, "fgs_per_image") == preset.attack_params("fgs")
+    assert E.row_params(preset, "ml_dp") == {**preset.attack_params("ml_dp"), "form": "paper"}
+    assert E.row_params(preset, "ml_dp_greedy", {"ml_dp_greedy": {"max_iter": 2}, "ml_dp": {"max_iter": 9}}) \
+        == {**preset.attack_params("ml_dp"), "max_iter": 2}  # params are keyed by row
+    assert E.is_scenario_row(E.row_params(preset, "fg")) and not E.is_scenario_row(E.row_params(preset, "fg_per_image"))
+    assert E.plan_chunks(5, 2, False) == [[0, 1], [2, 3], [4]]
+    assert E.plan_chunks(5, 2, True) == [[0, 1, 2, 3, 4]] and E.plan_chunks(0, 2, True) == []
+    keys = {}
+    for row in ROW_NAMES:
+        p = E.row_params(preset, row)
+        keys[row] = E.run_params(preset, row, p, seed=0, n=8, max_rmsd=None, label=None)
+        assert keys[row]["attack"] == row and keys[row]["params"] == p
+    assert keys["fgs"]["batch_size"] == "scenario" and "batch_size" not in keys["fgs_per_image"]
+    assert len({E.param_hash(k) for k in keys.values()}) == len(ROW_NAMES)  # every row its own run
+    with pytest.raises(ValueError, match="fgs_per_image"):
+        E.row_params(preset, "fgs_per_img")
 
 
 def _records() -> list[dict]:
@@ -125,7 +192,9 @@ def test_aggregate_orders_rows_like_the_paper_and_skips_nan():
     frame = E.records_frame(_records())
     assert frame["p_clean"].eq(0.9).all() and frame["p_adv"].eq(0.2).all()
     table = E.aggregate(frame, ["random", "extreme"], ["ml_cw", "rank2"])
-    assert list(table.columns) == ["RMSD", "Hamming(A)", "Hamming(B)", "F1", "Ranking loss", "mAP", "AUC", "Kendall tau-b"]
+    assert list(table.columns) == ["RMSD", "Hamming(A)", "Hamming(B)", "F1", "Ranking loss", "mAP", "AUC", "Kendall tau-b",
+                                   "Success", "Clean"]
+    assert table["Success"].eq(1.0).all() and table["Clean"].eq(0).all()
     assert list(table.index) == [("animals", s, a) for s in ("random", "extreme") for a in ("ml_cw", "rank2")]
     assert table["RMSD"].eq(2.0).all() and table.loc[("animals", "random", "ml_cw"), "Hamming(B)"] == 0.5
     assert math.isnan(table.loc[("animals", "extreme", "rank2"), "Hamming(B)"])
@@ -136,7 +205,8 @@ def test_aggregate_orders_rows_like_the_paper_and_skips_nan():
 @pytest.mark.unit
 def test_claims_hold_on_the_papers_own_tables_and_report_missing_runs():
     for dataset in ("voc2007", "voc2012"):
-        assert table4_claims(paper_table(4), dataset)["holds"].tolist() == [True] * 13
+        # the two extreme-case Rank II vs Rank I claims are not testable (identical by Eq. 10 when B = ∅)
+        assert table4_claims(paper_table(4), dataset)["holds"].tolist() == [True] * 9 + [None] + [True] * 3 + [None]
     five = table5_claims(paper_table(5))
     assert five["holds"].dropna().all() and five["holds"].isna().sum() == 3  # Fig. 1 claims need records
     partial = table4_claims(paper_table(4, "voc2007").drop("ml_dp", level="attack"))
@@ -175,17 +245,31 @@ def baseline_table() -> bytes:
 def test_sigkill_and_resume_gives_the_uninterrupted_table(tmp_path):
     reference = baseline_table()
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mlnb.experiments", *CLI, "--out", str(out)], env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if any(p.stat().st_size for p in out.glob("runs/*/part-*.jsonl")):
-            break
+    log = tmp_path / "killed.stderr"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mlnb.experiments", *CLI, "--out", str(out)], env=cli_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+    def stored_shards():
+        return [p for p in out.glob("runs/*/part-*.jsonl") if p.stat().st_size]
+
+    # wait for an event (the first stored batch), not for a time; the timeout only keeps a hung run from
+    # hanging the suite, and no assertion depends on how long anything took
+    safety_timeout = time.monotonic() + 180
+    while not stored_shards():
+        if proc.poll() is not None:
+            pytest.fail(f"the run exited with code {proc.returncode} before storing a batch:\n"
+                        f"{log.read_text(errors='replace')[-2000:]}")
+        if time.monotonic() > safety_timeout:
+            proc.kill()
+            proc.wait()
+            pytest.fail("no batch stored after 180 s (safety timeout): the run hangs or never writes a shard")
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    shards = [p for p in out.glob("runs/*/part-*.jsonl") if p.stat().st_size]
-    assert proc.returncode == -signal.SIGKILL and shards and not (out / "table.csv").exists()
+    assert proc.returncode == -signal.SIGKILL, f"the run finished (code {proc.returncode}) before the kill"
+    shards = stored_shards()
+    assert shards and not (out / "table.csv").exists()
     with open(shards[0], "ab") as fh:  # and a half-written line, as a kill inside write() leaves
         fh.write(b'{"index": 99999, "rmsd": 1.2')
     assert run_cli(out) == reference
@@ -196,6 +280,35 @@ def test_same_seed_gives_byte_identical_tables_and_another_seed_differs(tmp_path
     reference = baseline_table()
     assert run_cli(tmp_path / "again") == reference
     assert run_cli(tmp_path / "seed1", "--seed", "1") != reference
+
+
+def test_runner_runs_rows_and_attacks_a_scenario_row_in_one_call(tmp_path, monkeypatch):
+    """Fake attacks on the smoke model: the paper row ``fgs`` (ε per scenario) is one call over all the
+    images, ``fgs_per_image`` runs in chunks, ``ml_dp_greedy`` calls ``ml_dp``; row names reach the
+    records, the run keys and the table; a rerun with another batch size recomputes nothing."""
+    from mlnb import attacks
+
+    calls = {"fgs": [], "ml_dp": []}
+    monkeypatch.setitem(attacks.ATTACKS, "fgs", _fake_attack(0.02, calls=calls["fgs"]))
+    monkeypatch.setitem(attacks.ATTACKS, "ml_dp", _fake_attack(0.0, calls=calls["ml_dp"]))
+    rows = ["fgs", "fgs_per_image", "ml_dp_greedy"]
+    kw = dict(out_dir=tmp_path, n=6, device="cpu", progress=False)
+    res = E.run_experiment("smoke", rows, "random", batch_size=2, **kw)
+    n = int((res.records["attack"] == "fgs").sum())
+    assert n >= 3 and len(res.records) == 3 * n
+    scenario = [size for size, p in calls["fgs"] if p.get("eps") == "scenario"]
+    per_image = [size for size, p in calls["fgs"] if "eps" not in p]
+    assert scenario == [n] and sum(per_image) == n and max(per_image) <= 2 and len(per_image) > 1
+    assert [("form" in p) for _, p in calls["ml_dp"]] == [False] * len(calls["ml_dp"])  # mlnb's form
+    assert list(res.table.index.get_level_values("attack")) == rows
+    assert {p.name.split("__")[3] for p in tmp_path.iterdir()} == set(rows)
+    assert res.table.loc[("animals", "random", "ml_dp_greedy"), "Clean"] == n  # fallbacks: counted,
+    assert math.isnan(res.table.loc[("animals", "random", "ml_dp_greedy"), "RMSD"])  # and out of RMSD
+    assert all(len(v) == len(res.label_names["animals"]) for v in res.records["logits_adv"])
+    before = {k: len(v) for k, v in calls.items()}
+    again = E.run_experiment("smoke", rows, "random", batch_size=3, **kw)
+    assert {k: len(v) for k, v in calls.items()} == before  # batch_size is not in the run keys
+    assert again.table.to_csv() == res.table.to_csv()
 
 
 @pytest.mark.unit

@@ -1,4 +1,8 @@
-"""mlnb.metrics against scikit-learn / scipy on tied inputs, degenerate rows, and a hand-worked attack."""
+"""mlnb.metrics against scikit-learn / scipy on tied inputs, degenerate rows, and a hand-worked attack.
+
+The ranking loss counts a tied (positive, negative) pair as 1/2 (the instance AUC's rule), where
+sklearn's ``label_ranking_loss`` counts it as 1: it is compared with sklearn on tie-free rows and with
+:func:`half_tie_ranking_loss`, an independent pair-by-pair reference, on rows with ties."""
 import math
 
 import numpy as np
@@ -30,14 +34,59 @@ def proper_rows(y):
     return (y.any(1) & (~y).any(1)).numpy()
 
 
+def half_tie_ranking_loss(s_row, y_row) -> float:
+    """Reference ranking loss of one row, pair by pair in plain Python: a (positive, negative) pair
+    ordered wrongly costs 1, a tied one 1/2; 0.0 without a positive or a negative."""
+    s_row, y_row = s_row.tolist(), y_row.tolist()
+    pos = [v for v, t in zip(s_row, y_row) if t]
+    neg = [v for v, t in zip(s_row, y_row) if not t]
+    if not pos or not neg:
+        return 0.0
+    cost = sum(1.0 if p < n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return cost / (len(pos) * len(neg))
+
+
+def has_tied_pair(s_row, y_row) -> bool:
+    pos, neg = set(s_row[y_row].tolist()), set(s_row[~y_row].tolist())
+    return bool(pos & neg)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ranking_loss_matches_sklearn(seed):
+def test_ranking_loss_matches_sklearn_without_ties_and_half_ties_otherwise(seed):
     s, y = tied_inputs(seed)
     ours = M.ranking_loss(s, y)
+    n_tied = 0
     for i in range(len(s)):  # row by row, so every row agrees, not only the mean
-        ref = skm.label_ranking_loss(y[i:i + 1].numpy(), s[i:i + 1].numpy())
+        if has_tied_pair(s[i], y[i]):
+            n_tied += 1
+            ref = half_tie_ranking_loss(s[i], y[i])
+            assert ref < skm.label_ranking_loss(y[i:i + 1].numpy(), s[i:i + 1].numpy())  # sklearn: a tie is 1
+        else:
+            ref = skm.label_ranking_loss(y[i:i + 1].numpy(), s[i:i + 1].numpy())
         assert abs(float(ours[i]) - ref) < TOL
-    assert abs(float(ours.mean()) - skm.label_ranking_loss(y.numpy(), s.numpy())) < TOL
+    assert 0 < n_tied < len(s)  # both kinds of rows were checked
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranking_loss_equals_sklearn_on_untied_scores(seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(50, 8, generator=g, dtype=torch.float64) * 10  # continuous logits: no ties
+    y = torch.rand(50, 8, generator=g) < 0.4
+    ref = skm.label_ranking_loss(y.numpy(), s.numpy())
+    assert abs(float(M.ranking_loss(s, y).mean()) - ref) < TOL
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_auc_is_one_minus_ranking_loss_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, L = 200, 9
+    s = torch.randint(-3, 4, (n, L), generator=g).float() * 7.5  # logits on a coarse grid: many ties
+    y = torch.rand(n, L, generator=g) < 0.5
+    both = y.any(1) & (~y).any(1)
+    s, y = s[both], y[both]
+    tied = torch.tensor([has_tied_pair(a, b) for a, b in zip(s, y)])
+    assert tied.sum() > n // 4  # the identity is checked on rows with ties
+    assert torch.allclose(M.instance_auc(s, y), 1 - M.ranking_loss(s, y), atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -119,7 +168,8 @@ def test_model_quality_matches_sklearn(seed):
     assert abs(q["hamming"] - skm.hamming_loss(yn, pred)) < TOL
     assert abs(q["macro_f1"] - skm.f1_score(yn, pred, average="macro", zero_division=0)) < TOL
     assert abs(q["micro_f1"] - skm.f1_score(yn, pred, average="micro", zero_division=0)) < TOL
-    assert abs(q["ranking_loss"] - skm.label_ranking_loss(yn, sn)) < TOL
+    ref_rl = np.mean([half_tie_ranking_loss(a, b) for a, b in zip(s, y)])  # tied inputs: half ties
+    assert abs(q["ranking_loss"] - ref_rl) < TOL
     assert abs(q["map"] - skm.label_ranking_average_precision_score(yn, sn)) < TOL
     with pytest.warns(UserWarning):
         ref = skm.average_precision_score(yn, sn, average="macro")
@@ -135,9 +185,9 @@ def test_degenerate_rows_documented_values():
     assert torch.isnan(auc[:2]).all() and float(auc[2]) == 0.0
     tau = M.kendall_tau_b(s, torch.tensor([[0, 1, 2], [0, 1, 2], [0, 0, 0]], dtype=torch.int8))
     assert math.isnan(float(tau[1])) and math.isnan(float(tau[2])) and float(tau[0]) == pytest.approx(1.0)
-    # constant scores: ties everywhere -> ranking loss 1, AUC 1/2
+    # constant scores: ties everywhere -> ranking loss 1/2 (sklearn: 1), AUC 1/2
     s2, y2 = torch.full((1, 4), 0.3), torch.tensor([[True, False, True, False]])
-    assert float(M.ranking_loss(s2, y2)) == 1.0 and float(M.instance_auc(s2, y2)) == 0.5
+    assert float(M.ranking_loss(s2, y2)) == 0.5 and float(M.instance_auc(s2, y2)) == 0.5
 
 
 def test_rmsd_scale():
@@ -165,8 +215,8 @@ def hand_example():
     y = torch.tensor([[True, False, False], [True, True, False]])
     A = torch.tensor([[True, True, False], [False, False, True]])
     B = torch.tensor([[False, False, True], [False, False, False]])
-    scores = torch.tensor([[0.2, 0.8, 0.3], [0.9, 0.4, 0.6]])
-    return scores, x, x_adv, y, A, B
+    logits = torch.logit(torch.tensor([[0.2, 0.8, 0.3], [0.9, 0.4, 0.6]]))  # the metrics take logits
+    return logits, x, x_adv, y, A, B
 
 
 def test_evaluate_attack_by_hand():
@@ -194,7 +244,7 @@ def test_evaluate_attack_with_model_and_batches():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     with torch.no_grad():
-        scores = torch.sigmoid(model(x_adv))
+        scores = model(x_adv)  # logits
     out = M.evaluate_attack(model, x, x_adv, y, A, B, batch_size=1)
     ref = M.evaluate_attack(scores, x, x_adv, y, A, B)
     assert all(out[k] == pytest.approx(ref[k], nan_ok=True) for k in ref)
@@ -210,8 +260,8 @@ def test_evaluate_attack_validation():
         M.evaluate_attack(scores, x, x_adv, y, A, A)
     with pytest.raises(ValueError, match="A is empty"):
         M.evaluate_attack(scores, x, x_adv, y, torch.zeros_like(A), B)
-    with pytest.raises(ValueError, match="probabilities"):
-        M.evaluate_attack(scores * 4 - 2, x, x_adv, y, A, B)
+    with pytest.raises(ValueError, match="logits_adv contains NaN or Inf"):
+        M.evaluate_attack(scores.masked_fill(A, float("inf")), x, x_adv, y, A, B)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         M.evaluate_attack(scores, x, x_adv + 1, y, A, B)
     with pytest.raises(ValueError, match="shape"):
@@ -263,7 +313,7 @@ def test_evaluate_attack_ranges(seed, L):
     A, B, _ = random_case(y, generator=g)
     x = torch.rand(5, 1, 3, 3, generator=g)
     x_adv = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    scores = torch.rand(5, L, generator=g).round()  # saturated at 0 / 1
+    scores = (torch.rand(5, L, generator=g).round() * 2 - 1) * 30  # logits of probabilities 0 / 1, tied
     out = M.evaluate_attack(scores, x, x_adv, y, A, B)
     assert set(out) == set(M.ATTACK_KEYS)
     assert not any(math.isinf(v) for v in out.values())
@@ -273,3 +323,27 @@ def test_evaluate_attack_ranges(seed, L):
     assert math.isnan(out["kendall_tau_b"]) == bool(constant.all())
     assert all(math.isfinite(out[k]) for k in M.ATTACK_KEYS if k not in ("hamming_B", "kendall_tau_b"))
     assert 0 <= out["rmsd"] <= 255 and 0 <= out["hamming_A"] <= 1 and 0 <= out["map"] <= 1
+
+
+def test_metrics_on_logits_see_no_saturation_ties():
+    """Logits 20 and 18 are both probability 1.0 in float32: a tie on probabilities, an order on logits."""
+    logits = torch.tensor([[20.0, 18.0, -5.0], [18.0, 20.0, -5.0]])
+    assert torch.sigmoid(logits)[:, :2].eq(1.0).all()
+    y = torch.tensor([[False, False, False], [False, False, False]])
+    A = torch.tensor([[True, False, False], [True, False, False]])  # y* = [T, F, F]: label 0 above label 1
+    x = torch.zeros(2, 1, 2, 2)
+    per = M.per_image_metrics(logits, x, x, y, A, ~A)
+    assert per["ranking_loss"].tolist() == [0.0, 0.5] and per["auc"].tolist() == [1.0, 0.5]
+    assert per["map"].tolist() == [1.0, 0.5]
+    # on probabilities labels 0 and 1 tie in both images: the two rows could not be told apart
+    assert M.ranking_loss(torch.sigmoid(logits), y ^ A).tolist() == [0.25, 0.25]
+
+
+def test_predictions_on_logits_use_zero_inclusively():
+    logits = torch.tensor([[-1e-3, 0.0, 1e-3]])
+    assert M.predict_logits(logits).tolist() == [[False, True, True]]
+    assert torch.equal(M.predict_logits(logits), M.predict(torch.sigmoid(logits.double())))
+    y, A = torch.tensor([[False, False, True]]), torch.tensor([[True, True, False]])
+    x = torch.zeros(1, 1, 2, 2)
+    per = M.per_image_metrics(logits, x, x, y, A, ~A)  # y* = [T, T, T]; h = [F, T, T]
+    assert per["hamming_A"].tolist() == [0.5] and per["hamming_B"].tolist() == [0.0]

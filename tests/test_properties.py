@@ -12,7 +12,7 @@ parameter values:
 * ``x_adv`` finite and in ``[0, 1]``; ``scores`` finite probabilities;
 * ``success`` ⟺ every label of ``A`` flipped and every label of ``B`` kept at 0.5, recomputed from
   ``scores`` (``prob >= 0.5`` is positive); ``n_satisfied <= |A| + |B|``;
-* ``evaluate_attack`` / ``per_image_metrics`` within their ranges (NaN only where documented).
+* ``evaluate_attack`` / ``per_image_metrics`` (on the logits) within their ranges (NaN only where documented).
 
 And for the label-set generators and the metrics on their own: Table I partitions the labels,
 the Kendall criterion matches the cells, every metric stays in its range.
@@ -155,7 +155,7 @@ def _attack_property(name):
         model = tiny(L, scale)
         res = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **params)
         check_result(res, x, y, A, B)
-        check_metrics(metrics.per_image_metrics(res.scores, x, res.x_adv, y, A, B), B)
+        check_metrics(metrics.per_image_metrics(res.logits, x, res.x_adv, y, A, B), B)
         check_metrics(metrics.evaluate_attack(model, x, res.x_adv, y, A, B))
 
     test.__name__ = f"test_{name}_properties"
@@ -197,7 +197,7 @@ def test_extreme_images_and_saturated_scores_stay_finite(name, image, scale):
     res = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **FAST[name])
     check_result(res, x, y, A, B)
     check_metrics(metrics.evaluate_attack(model, x, res.x_adv, y, A, B))
-    check_metrics(metrics.per_image_metrics(res.scores, x, res.x_adv, y, A, B), B)
+    check_metrics(metrics.per_image_metrics(res.logits, x, res.x_adv, y, A, B), B)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -217,11 +217,11 @@ def test_images_already_in_target_state_are_free_successes(name, scale):
 
 
 def test_evaluate_attack_on_exact_zero_one_scores():
-    """Probabilities of exactly 0 and 1, with ties, in every degenerate row shape."""
+    """Logits of probabilities exactly 0 and 1 (±30 in float32), with ties, in every degenerate row shape."""
     y = torch.tensor([[True, False, True], [False, False, False], [True, True, True], [True, False, False]])
     A = torch.tensor([[True, False, False], [True, True, True], [True, True, True], [False, True, False]])
     B = ~A
-    scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]) * 60 - 30
     x = torch.zeros(4, 1, 2, 2)
     per = metrics.per_image_metrics(scores, x, torch.ones_like(x), y, A, B)
     check_metrics(per, B)
@@ -272,21 +272,24 @@ def test_metrics_stay_in_range(ym, kind):
         scores = torch.randint(0, 3, (n, L), generator=g).float() / 2
     else:
         scores = (torch.rand(n, L, generator=g) < 0.5).float()
+    logits = scores.double().logit(eps=1e-12).float()  # the attack metrics take logits (0 / 1 -> ±27.6)
     role = torch.randint(0, 3, (n, L), generator=g)
     role[:, 0] = 0
     A, B = role == 0, role == 1
     x = torch.rand(n, 1, 2, 2, generator=g)
     x_adv = torch.rand(n, 1, 2, 2, generator=g)
-    per = metrics.per_image_metrics(scores, x, x_adv, y, A, B)
+    per = metrics.per_image_metrics(logits, x, x_adv, y, A, B)
     check_metrics(per, B)
-    check_metrics(metrics.evaluate_attack(scores, x, x_adv, y, A, B))
+    check_metrics(metrics.evaluate_attack(logits, x, x_adv, y, A, B))
     y_star = y ^ A
     # exact identities a reader can check on paper
-    pred = scores >= 0.5
+    pred = logits >= 0
+    assert torch.equal(pred, scores >= 0.5)
     assert torch.allclose(per["hamming_A"], ((pred ^ y_star) & A).sum(1).double().div(A.sum(1)).to(per["hamming_A"].dtype))
     both = y_star.any(1) & (~y_star).any(1)
     assert torch.equal(torch.isnan(per["auc"]), ~both)
     assert (per["map"][~both] == 1).all() and (per["ranking_loss"][~both] == 0).all()
+    assert torch.allclose(per["auc"][both], 1 - per["ranking_loss"][both], atol=1e-6)  # one tie rule
     q = metrics.model_quality(scores, y)
     for k, v in q.items():
         assert math.isfinite(v) and 0 <= v <= 1, (k, v)

@@ -83,3 +83,122 @@ def test_run_key_names_every_part_and_is_filesystem_safe():
                   params_hash="0123456789ab")
     assert key == "smoke__animals__smoke-abc__ml_cw__random__0123456789ab"
     assert "/" not in run_key(preset="a/b", dataset="c d", model="m", attack="x", strategy="y", params_hash="h")
+
+
+# ----------------------------------------------------------------------------- tables and confidence intervals
+def _frame(spec: dict, seed: int = 0):
+    """Records of ``{(strategy, attack): n_images}`` with random metrics in [0, 1], every fifth image a
+    clean-image fallback (``rmsd == 0``), every third image a failure."""
+    import numpy as np
+
+    from mlnb.store import METRIC_KEYS, records_frame
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for (strategy, attack), n in spec.items():
+        for i in range(n):
+            m = {k: float(rng.random()) for k in METRIC_KEYS}
+            m["rmsd"] = 0.0 if i % 5 == 0 else 1.0 + 4 * m["rmsd"]
+            recs.append({"dataset": "animals", "strategy": strategy, "attack": attack, "index": i, "A": [0],
+                         "scores_clean": [0.9, 0.1], "scores_adv": [0.2, 0.1], "success": i % 3 != 0, **m})
+    return records_frame(recs)
+
+
+def test_rmsd_is_over_perturbed_images_and_clean_counts_the_fallbacks():
+    from mlnb.store import TABLE_COLUMNS, aggregate
+
+    frame = _frame({("random", "ml_cw"): 10, ("random", "fgs"): 7})
+    table = aggregate(frame, ["random"], ["fgs", "ml_cw"])
+    assert list(table.columns) == list(TABLE_COLUMNS) and list(table.columns)[-2:] == ["Success", "Clean"]
+    assert [t[2] for t in table.index] == ["fgs", "ml_cw"]
+    for attack, n in (("ml_cw", 10), ("fgs", 7)):
+        g = frame[frame["attack"] == attack]
+        row = table.loc[("animals", "random", attack)]
+        assert row["Clean"] == len(range(0, n, 5)) == int((g["rmsd"] == 0).sum())
+        assert row["RMSD"] == pytest.approx(g.loc[g["rmsd"] > 0, "rmsd"].mean())
+        assert row["RMSD"] > g["rmsd"].mean()  # the zeros are out
+        assert row["Success"] == pytest.approx(g["success"].mean())
+        assert row["F1"] == pytest.approx(g["f1"].mean())
+    only_clean = frame[frame["rmsd"] == 0]
+    assert math.isnan(aggregate(only_clean).iloc[0]["RMSD"])  # no perturbed image: NaN
+
+
+def test_ci_contains_the_mean_and_has_the_tables_shape():
+    from mlnb.store import aggregate, aggregate_ci
+
+    frame = _frame({("random", "ml_cw"): 40, ("extreme", "ml_cw"): 40, ("random", "rank2"): 40})
+    table = aggregate(frame)
+    lo, hi = aggregate_ci(frame, n_boot=500)
+    for t in (lo, hi):
+        assert t.index.equals(table.index) and list(t.columns) == list(table.columns)
+    assert ((lo <= table + 1e-12) & (table <= hi + 1e-12)).all().all()
+    assert (hi - lo > 0).all().all()
+    lo99, hi99 = aggregate_ci(frame, n_boot=500, level=0.99)
+    assert ((lo99 <= lo + 1e-12) & (hi <= hi99 + 1e-12)).all().all()  # a higher level is wider
+
+
+def test_ci_of_a_constant_column_has_zero_width():
+    from mlnb.store import aggregate, aggregate_ci
+
+    frame = _frame({("random", "ml_cw"): 25})
+    frame["f1"] = 0.1  # not exactly representable: the resampled mean must still be exactly 0.1
+    frame["success"] = True
+    lo, hi = aggregate_ci(frame)
+    table = aggregate(frame)
+    for col in ("F1", "Success"):
+        assert lo[col].iloc[0] == hi[col].iloc[0] == table[col].iloc[0]
+
+
+def test_ci_shrinks_with_more_images():
+    from mlnb.store import aggregate_ci
+
+    small = aggregate_ci(_frame({("random", "ml_cw"): 20}, seed=1))
+    large = aggregate_ci(_frame({("random", "ml_cw"): 500}, seed=1))
+    width = lambda ci: (ci[1] - ci[0]).iloc[0]  # noqa: E731
+    for col in ("RMSD", "Hamming(A)", "F1", "mAP", "Success"):
+        assert width(large)[col] < 0.5 * width(small)[col], col
+
+
+def test_ci_is_seeded_and_a_row_does_not_depend_on_the_others():
+    from mlnb.store import aggregate_ci
+
+    frame = _frame({("random", "ml_cw"): 30, ("random", "fgs"): 30})
+    a, b = aggregate_ci(frame, seed=3), aggregate_ci(frame, seed=3)
+    assert a[0].equals(b[0]) and a[1].equals(b[1])
+    c = aggregate_ci(frame, seed=4)
+    assert not a[0].equals(c[0])
+    alone = aggregate_ci(frame[frame["attack"] == "ml_cw"], seed=3)
+    assert alone[0].iloc[0].equals(a[0].loc[("animals", "random", "ml_cw")])
+
+
+def test_ci_is_nan_aware_and_checks_its_arguments():
+    from mlnb.store import aggregate_ci
+
+    frame = _frame({("extreme", "ml_cw"): 12})
+    frame["hamming_B"] = math.nan  # B = ∅: N.A.
+    frame.loc[frame.index[:6], "map"] = math.nan
+    lo, hi = aggregate_ci(frame)
+    assert math.isnan(lo["Hamming(B)"].iloc[0]) and math.isnan(hi["Hamming(B)"].iloc[0])
+    assert 0 <= lo["mAP"].iloc[0] < hi["mAP"].iloc[0] <= 1
+    with pytest.raises(ValueError, match="level must lie in"):
+        aggregate_ci(frame, level=95)
+    with pytest.raises(ValueError, match="n_boot"):
+        aggregate_ci(frame, n_boot=0)
+
+
+def test_with_ci_formats_mean_and_interval():
+    import pandas as pd
+
+    from mlnb.store import aggregate, aggregate_ci, with_ci
+
+    frame = _frame({("extreme", "ml_cw"): 12})
+    frame["hamming_B"] = math.nan
+    table = aggregate(frame)
+    lo, hi = aggregate_ci(frame, n_boot=200)
+    out = with_ci(table, lo, hi, digits=3)
+    assert out.shape == table.shape and out.index.equals(table.index)
+    f1 = out["F1"].iloc[0]
+    assert f1 == f"{table['F1'].iloc[0]:.3f} [{lo['F1'].iloc[0]:.3f}, {hi['F1'].iloc[0]:.3f}]"
+    assert out["Hamming(B)"].iloc[0] == "N.A." and out["Clean"].iloc[0].startswith("3 [")
+    tiny = pd.DataFrame({"F1": [0.5]})
+    assert with_ci(tiny, tiny - 0.25, tiny + 0.25)["F1"].iloc[0] == "0.5000 [0.2500, 0.7500]"
