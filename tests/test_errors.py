@@ -272,6 +272,24 @@ def test_zero_epsilon(case):
         attacks.fgs(model, x, y, A, B, eps_max=0, **FAST)
 
 
+def test_unknown_eps_mode(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "eps must be None (search ε per image), a number > 0 (one fixed ε) or 'scenario'"):
+        attacks.fgs(model, x, y, A, B, eps="image", **FAST)
+
+
+def test_float16_autocast(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "autocast_dtype=torch.float16 is not supported"):
+        attacks.ml_cw(model, x, y, A, B, autocast_dtype=torch.float16, **FAST)
+
+
+def test_unknown_ml_dp_form(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "unknown form 'printed': choose one of 'greedy', 'paper'"):
+        attacks.ml_dp(model, x, y, A, B, form="printed", **FAST)
+
+
 def test_zero_lambda(case):
     model, x, y, A, B = case
     with raises(ValueError, "lambda_init must be a finite positive number, got 0.0"):
