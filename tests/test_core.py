@@ -131,3 +131,24 @@ def test_pipeline_cli_help(capsys):
     with pytest.raises(SystemExit) as exc:
         pipeline_main(["--help"])
     assert exc.value.code == 0 and "papermill" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_atomic_writes_follow_the_umask(tmp_path):
+    """Files written atomically get the mode a plain open() would give (mkstemp alone makes 0600)."""
+    import os
+    import stat
+
+    from mlnb.utils import atomic_write_text, write_json
+
+    old = os.umask(0o022)
+    try:
+        a = atomic_write_text(tmp_path / "a.txt", "x")
+        b = write_json(tmp_path / "b.json", {"k": 1})
+        for p in (a, b):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, oct(p.stat().st_mode)
+        os.umask(0o077)
+        c = atomic_write_text(tmp_path / "c.txt", "x")
+        assert stat.S_IMODE(c.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
