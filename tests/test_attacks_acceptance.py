@@ -39,10 +39,10 @@ def _rates(res, y, A, B):
 def test_default_acceptance(case):
     """Issue 11's bar (A flipped >= 90%, B changed <= 2%) on 100 images, for the *faithful* ML-CW.
 
-    Measured on a fresh clone (default model retrained with the exact-gradient Eq. 12, held-out mAP
-    0.899): the faithful ML-CW (Eq. 5 on probabilities, evaluated exactly from logits) flips 0.905 of
-    A and changes 0.001 of B at the default budget (5 searches x 100 iterations); before the exact
-    kernels it flipped 0.87. Rank II flips 0.86 and changes 0.145 of B: its loss (Eq. 11) constrains
+    Measured (default model retrained with the exact-gradient Eq. 12, held-out mAP 0.899): the faithful
+    ML-CW (Eq. 5 on probabilities, evaluated exactly from logits) flips 0.905 of A and changes 0.001 of
+    B at 5 searches x 100 iterations (before the exact kernels: 0.87); the default budget is now 5 x 150
+    (notebook 06's 100 random-case images: 0.895 at x100, 0.915 at x150, 0.93 at x200). Rank II flips 0.86 and changes 0.145 of B: its loss (Eq. 11) constrains
     only the *ranking* of the labels, not which side of 0.5 they end on, so a B label may cross the
     threshold while every ranking constraint holds (notebook 05 counts those images). The logit hinge
     (an extension) also meets the bar. The one-step baselines do clearly worse.
