@@ -86,9 +86,15 @@ def _set_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor, host: bo
     return torch.where(_col(mask, dst), src, dst)
 
 
+def _count_met(logits: torch.Tensor, S: dict) -> torch.Tensor:
+    """Default selection count: constraints of Eq. (4) met, ``(n,)``."""
+    return n_met(logits, S["target"], S["ab"])
+
+
 def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda_init: float,
              n_search: int, max_iter: int, lr: float, run_select: str, final_select: str,
-             tanh_eps: float, check_every: int, bar, early_abort: bool | None = None, shrink: bool | None = None) -> dict:
+             tanh_eps: float, check_every: int, bar, early_abort: bool | None = None, shrink: bool | None = None,
+             count: Callable | None = None) -> dict:
     """Minimise ``||r||_2^2 + λ hinge(x + r)`` per image with a binary search on λ.
 
     ``x`` ``(n, C, H, W)``; ``aux``: per-image tensors (first axis ``n``) passed to ``hinge``, which must
@@ -96,8 +102,11 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
     ``iterations``, ``param`` (λ of the returned example, NaN for the clean image), ``n_runs_ok``.
     ``early_abort=False`` runs every λ run to ``max_iter``; ``shrink=False`` keeps finished images in
     the batch until the whole batch is done (a fixed budget: same per-image results, more work);
-    ``None`` takes the module defaults :data:`EARLY_ABORT` and :data:`SHRINK`.
+    ``None`` takes the module defaults :data:`EARLY_ABORT` and :data:`SHRINK`. ``count(logits, state)
+    -> (n,)`` is the number of constraints an iterate meets for selection and for the start state (default:
+    Eq. 4 at the 0.5 threshold; ML-CW with a margin κ counts a constraint only when it holds by κ).
     """
+    count = _count_met if count is None else count
     early_abort = EARLY_ABORT if early_abort is None else early_abort
     shrink = SHRINK if shrink is None else shrink
     n, dev = x.shape[0], x.device
@@ -106,7 +115,7 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
     need_tau = "tau" in run_select or "tau" in final_select
     with torch.no_grad():
         logits0 = rt.logits(x)
-    nsat0 = n_met(logits0, aux["target"], aux["ab"])
+    nsat0 = count(logits0, aux)
     tau0 = _tau(logits0, aux["ytau"])
     zeros = torch.zeros(n, device=dev, dtype=torch.float64)
     i64 = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -159,7 +168,7 @@ def optimize(rt: Runtime, x: torch.Tensor, aux: dict, hinge: Callable, *, lambda
             # gradient w.r.t. w of ||xa - x0||^2 + λ h: (g + 2d) / 2 * (1 - t^2); the exact factor 1/2 is
             # carried by Adam's state instead (m and v hold 2x and 4x their values, eps is doubled)
             g = torch.ops.aten.tanh_backward(g.add_(d, alpha=2), t)
-            new = {"nsat": n_met(logits.detach(), S["target"], S["ab"]), "dist": dist,
+            new = {"nsat": count(logits.detach(), S), "dist": dist,
                    "tau": _tau(logits.detach(), S["ytau"]) if need_tau else S["rb_tau"]}
             # best iterate of the current λ run
             imp = live & better(run_select, new, {"nsat": S["rb_nsat"], "tau": S["rb_tau"], "dist": S["rb_dist"]})

@@ -26,8 +26,9 @@ from . import validate as V
 from .attack_core import (AttackResult, Runtime, check_int, finalize, progress_bar, rank_masks, run_in_chunks,
                           validate_attack_inputs)
 from .attack_deepfool import deepfool
-from .attack_losses import (N_RANK_TERMS, cw_hinge, cw_progress, n_met, rank_goal, rank_loss, rank_progress,
-                            rank_terms)
+from . import probability as P
+from .attack_losses import (N_RANK_TERMS, constraints_met, cw_hinge, cw_progress, rank_goal, rank_loss,
+                            rank_progress, rank_terms)
 from .attack_onestep import grid_scores, pick_per_image, pick_scenario
 from .attack_search import optimize
 from .labels import OMEGA_ZERO_CHOICES, kendall_criterion
@@ -146,14 +147,15 @@ def _check_search(lambda_init, n_search, max_iter, lr, tanh_eps, check_every) ->
 
 
 def _search_attack(name, rt, x, y, A, B, aux, hinge, progress, run_select, final_select, *, lambda_init,
-                   n_search, max_iter, lr, tanh_eps, check_every, batch_size) -> AttackResult:
+                   n_search, max_iter, lr, tanh_eps, check_every, batch_size, count=None) -> AttackResult:
     aux = {"target": y ^ A, "ab": A | B, "ytau": kendall_criterion(y, A, B), **aux}
     bar = progress_bar(x.shape[0] * n_search * max_iter, progress, name)
     with bar:
         def chunk(sl):
             return optimize(rt, x[sl], {k: v[sl] for k, v in aux.items()}, hinge, lambda_init=lambda_init,
                             n_search=n_search, max_iter=max_iter, lr=lr, run_select=run_select,
-                            final_select=final_select, tanh_eps=tanh_eps, check_every=check_every, bar=bar)
+                            final_select=final_select, tanh_eps=tanh_eps, check_every=check_every, bar=bar,
+                            count=count)
         r = run_in_chunks(x.shape[0], batch_size, x.device, chunk)
         bar.update(bar.total - bar.n)
     return finalize(rt, x, r["x_adv"], y, A, B, r["iterations"], r["param"], {"n_runs_ok": r["n_runs_ok"]})
@@ -178,7 +180,10 @@ def ml_cw(model, x, y, A, B, *, generator=None, progress=True, lambda_init: floa
       that satisfied every constraint, the upper bound becomes λ and λ is bisected (halved while no
       lower bound is known); after a failed run, the lower bound becomes λ and λ is x10 while no upper
       bound is known, else bisected.
-    * Best example over all runs and iterations: most constraints of Eq. (4), ties -> smaller L2.
+    * Best example over all runs and iterations: most constraints of Eq. (4), ties -> smaller L2. With
+      ``kappa > 0`` a constraint counts (for the best example and for a run's success) only when it holds
+      by the margin κ, as Carlini & Wagner count an iterate adversarial only past their confidence κ; the
+      returned ``success`` is Eq. (4) at the threshold.
     * Early abort of a run: its loss did not fall by a relative 1e-4 over ``max_iter // 10`` steps.
 
     ``param`` is the λ of the returned example (NaN if the clean image was kept);
@@ -194,16 +199,26 @@ def ml_cw(model, x, y, A, B, *, generator=None, progress=True, lambda_init: floa
     V.check_positive("kappa", kappa, allow_zero=True)
     V.check_choice("hinge_space", hinge_space, HINGE_SPACES)
 
+    def count(logits, S):
+        """Constraints met *with the margin κ* (as Carlini & Wagner count an iterate adversarial only
+        past their confidence κ): Eq. (4) at 0.5, and ``s (F - 0.5) >= κ`` (``s z >= κ`` in logit space)."""
+        met = constraints_met(logits, S["target"], S["ab"])
+        if kappa > 0:
+            z = logits.double()
+            margin = P.prob_margin(logits, S["target"]) if hinge_space == "probability" else torch.where(S["target"], z, -z)
+            met = met & (margin >= kappa)
+        return met.sum(1)
+
     def hinge(logits, S):
         h = cw_hinge(logits, S["target"], S["ab"], kappa, space=hinge_space)
         prog = cw_progress(logits, S["target"], S["ab"], kappa if hinge_space == "probability" else 0.0)
         if hinge_space == "logit":
             prog = h
-        return h, n_met(logits, S["target"], S["ab"]) == S["ab"].sum(1), prog
+        return h, count(logits, S) == S["ab"].sum(1), prog
 
     return _search_attack("ml_cw", rt, x, y, A, B, {}, hinge, progress, "constraints", "constraints",
                           lambda_init=lambda_init, n_search=n_search, max_iter=max_iter, lr=lr,
-                          tanh_eps=tanh_eps, check_every=check_every, batch_size=batch_size)
+                          tanh_eps=tanh_eps, check_every=check_every, batch_size=batch_size, count=count)
 
 
 def ml_dp(model, x, y, A, B, *, generator=None, progress=True, max_iter: int = 20, overshoot: float | None = None,
@@ -237,6 +252,10 @@ def ml_dp(model, x, y, A, B, *, generator=None, progress=True, max_iter: int = 2
     The pseudo-inverse cuts singular values of the row-normalised ``P`` below 1e-5 of the largest
     (float32 noise), so nearly collinear constraints are both honoured (the former cut, 1e-6 on
     ``P^T P``, i.e. 1e-3 on ``P``, could drop one of them); all-zero Jacobians give ``Δr = 0``.
+
+    The paper form lands every label on the 0.5 line, where float32 rounding decides each
+    constraint; rounding differs between batch sizes, so unlike every other attack its result for an
+    image can depend on the batch (the runner attacks it in one call per scenario).
 
     ``param`` is NaN (no trade-off parameter); ``iterations`` counts the steps taken.
 

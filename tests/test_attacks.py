@@ -1,82 +1,219 @@
-"""Contract of every attack: output, validation, per-image independence, determinism, edge cases."""
+"""Contract of every attack, on a fixture where every attack *succeeds*: output, validation, per-image
+independence, chunking, out-of-memory splitting, bf16 / channels-last, determinism, edge cases.
+
+The fixture (:func:`problems`): a tiny random conv net (``TinyConv``) with moderate logits (|z| about
+0.6 on average, at most 2.7) on 16 images ``(3, 6, 6)`` with pixels in ``[0.25, 0.75]`` (room to
+move both ways without clipping), labelled by the model itself, and two targets:
+
+* ``"random"``: the random case of Sec. IV-E on the five real labels (one positive and one negative
+  flipped, the three others kept);
+* ``"extreme"``: every real label flipped (``B = ∅``): used for ML-DP's paper form, which drags every
+  label of ``B`` onto the threshold as an equality and so keeps ``B`` only by chance.
+
+The sixth label is an *anchor*: a constant logit 0 (the threshold itself), never in ``A ∪ B``, so in
+``C``. It is the paper's soft threshold made literal: with ``Ω◦ = C`` (the default) Rank I's terms
+``Ω- < Ω◦ < Ω+`` rank the labels to switch off below 0.5 and those to switch on above it, so Rank I
+(which knows no threshold) meets the classification target too.
+
+Success is always checked *independently* (:func:`independent`): the test runs the model on
+``res.x_adv`` itself and checks every label of ``A`` flipped and every label of ``B`` kept with
+``logit >= 0`` positive; never ``res.success``, ``n_met`` or ``attack_core.finalize``. Measured successes
+(of 16, clean images: 0): FGS 16, FG 16 (per image, scenario and fixed ε), ML-CW 16, ML-DP greedy 16,
+ML-DP paper 14, Rank I 16, Rank II 16; every attack moves every image (RMSD 5-26 on 0-255); under
+bf16 autocast (checked by a bf16 forward) 15-16.
+"""
 import pytest
+import scipy.stats
 import torch
 
 from mlnb import attacks
 from mlnb.attack_core import AttackResult
-from mlnb.labels import random_case
+from mlnb.labels import extreme_case, kendall_criterion, random_case
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
-L = 5
-FAST = {
-    "fgs": {"n_eps": 5},
-    "fg": {"n_eps": 5},
-    "ml_cw": {"lambda_init": 10.0, "n_search": 2, "max_iter": 20},
-    "ml_dp": {"max_iter": 5},
-    "rank1": {"lambda_init": 10.0, "n_search": 2, "max_iter": 20},
-    "rank2": {"lambda_init": 10.0, "n_search": 2, "max_iter": 20},
+L = 6  # five real labels and the anchor (a constant logit 0, in C)
+N_IMAGES = 16
+MIN_SUCCESS = 12  # of N_IMAGES, checked independently; measured 14-16 per variant
+MIN_MOVED = 14  # images with x_adv != x; measured 16 per variant
+
+SEARCH = {"lambda_init": 10.0, "n_search": 3, "max_iter": 50, "lr": 0.05}
+# variant -> (attack, parameters, target case)
+VARIANTS = {
+    "fgs": ("fgs", {"eps_max": 0.2, "n_eps": 11}, "random"),
+    "fgs_scenario": ("fgs", {"eps": "scenario", "eps_max": 0.2, "n_eps": 11}, "random"),
+    "fgs_fixed": ("fgs", {"eps": 0.1}, "random"),
+    "fg": ("fg", {"eps_max": 0.2, "n_eps": 11}, "random"),
+    "fg_scenario": ("fg", {"eps": "scenario", "eps_max": 0.2, "n_eps": 11}, "random"),
+    "fg_fixed": ("fg", {"eps": 0.1}, "random"),
+    "ml_cw": ("ml_cw", SEARCH, "random"),
+    "ml_dp": ("ml_dp", {"max_iter": 10}, "random"),
+    # overshoot 0.5: the paper's form with overshoot 0 converges onto the threshold itself, where
+    # float32 noise decides each label (see test_ml_dp_paper_form_is_batch_invariant in test_attack_params)
+    "ml_dp_paper": ("ml_dp", {"form": "paper", "max_iter": 10, "overshoot": 0.5}, "extreme"),
+    "rank1": ("rank1", SEARCH, "random"),
+    "rank2": ("rank2", SEARCH, "random"),
 }
+# a scenario ε depends on every image of the call (documented): not independent of the batch
+PER_IMAGE = [v for v, (_, p, _) in VARIANTS.items() if p.get("eps") != "scenario"]
+FAST = {"fgs": VARIANTS["fgs"][1], "fg": VARIANTS["fg"][1], "ml_cw": SEARCH, "ml_dp": VARIANTS["ml_dp"][1],
+        "rank1": SEARCH, "rank2": SEARCH}
 NAMES = list(attacks.ATTACKS)
 
 
-def _model():
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.Tanh(),
-                            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(24, L))
-    with torch.no_grad():
-        m[0].weight.mul_(4)
-        m[5].weight.mul_(4)
-    return m.eval()
+class TinyConv(torch.nn.Module):
+    """``(N, 3, 6, 6) -> (N, 6)``: conv 3x3 (4 channels), tanh, linear to five logits, plus a constant
+    logit 0 (the anchor label). Centred input, weights scaled for logits of order 1."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 36, L - 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 3 / 27 ** 0.5)
+            self.conv.bias.zero_()
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g) * 2 / 144 ** 0.5)
+            self.fc.bias.copy_(torch.randn(L - 1, generator=g) * 0.3)
+
+    def forward(self, x):
+        z = self.fc(torch.tanh(self.conv(x - 0.5)).flatten(1))
+        return torch.cat([z, torch.zeros_like(z[:, :1])], 1)
+
+
+def _targets(y: torch.Tensor, case: str):
+    """Targets on the five real labels; the anchor (last column) is in C."""
+    core = y[:, :-1]
+    t = random_case(core, torch.Generator().manual_seed(2)) if case == "random" else extreme_case(core)
+    pad = torch.zeros(y.shape[0], 1, dtype=torch.bool)
+    return torch.cat([t.A, pad], 1), torch.cat([t.B, pad], 1), t.eligible
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = _model()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(8, 3, 6, 6, generator=g)
+def problems():
+    model = TinyConv().eval()
+    x = 0.25 + 0.5 * torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x) >= 0
-    t = random_case(y, torch.Generator().manual_seed(2))
-    keep = t.eligible
-    assert keep.sum() >= 4
-    return model, x[keep][:4], y[keep][:4], t.A[keep][:4], t.B[keep][:4]
+    out = {}
+    for case in ("random", "extreme"):
+        A, B, eligible = _targets(y, case)
+        k = eligible.nonzero().flatten()[:N_IMAGES]
+        assert len(k) == N_IMAGES
+        out[case] = (model, x[k], y[k], A[k], B[k])
+        assert not independent(model, x[k], y[k], A[k], B[k])[0].any()  # no clean image is a free success
+    return out
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_output_contract(setup, name):
-    model, x, y, A, B = setup
-    res = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **FAST[name])
+@pytest.fixture(scope="module")
+def setup(problems):
+    return problems["random"]
+
+
+def independent(model, x_adv, y, A, B, *, autocast_dtype=None, channels_last=False):
+    """Eq. (4) checked by the test itself: ``(met (N,) bool, n_met (N,) int, logits (N, L))`` from the
+    model run on ``x_adv`` here (``logit >= 0`` positive), never from the attack's own fields."""
+    if channels_last:
+        x_adv = x_adv.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+                                         enabled=autocast_dtype is not None):
+        z = model(x_adv).float()
+    want, ab = y ^ A, A | B
+    right = (z >= 0) == want
+    return (right | ~ab).all(1), (right & ab).sum(1), z
+
+
+def moved(res, x) -> torch.Tensor:
+    return (res.x_adv != x).flatten(1).any(1)
+
+
+class _Results:
+    """Each variant's whole-batch result, computed once per module."""
+
+    def __init__(self, problems):
+        self.problems, self.cache = problems, {}
+
+    def __getitem__(self, variant):
+        if variant not in self.cache:
+            name, params, case = VARIANTS[variant]
+            model, x, y, A, B = self.problems[case]
+            self.cache[variant] = attacks.ATTACKS[name](model, x, y, A, B, progress=False, **params)
+        return self.cache[variant]
+
+
+@pytest.fixture(scope="module")
+def results(problems):
+    return _Results(problems)
+
+
+def _call(problems, variant, **extra):
+    name, params, case = VARIANTS[variant]
+    model, x, y, A, B = problems[case]
+    return attacks.ATTACKS[name](model, x, y, A, B, progress=False, **params, **extra)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fixture_attacks_succeed_on_most_images(problems, results, variant):
+    model, x, y, A, B = problems[VARIANTS[variant][2]]
+    res = results[variant]
+    met, _, _ = independent(model, res.x_adv, y, A, B)
+    assert int(met.sum()) >= MIN_SUCCESS, f"{variant}: {int(met.sum())}/{len(met)} images meet the target"
+    assert int(moved(res, x).sum()) >= MIN_MOVED
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_contract(problems, results, variant):
+    model, x, y, A, B = problems[VARIANTS[variant][2]]
+    res = results[variant]
     assert isinstance(res, AttackResult)
     n = x.shape[0]
-    assert res.x_adv.shape == x.shape and res.scores.shape == (n, L)
+    assert res.x_adv.shape == x.shape and res.scores.shape == (n, L) and res.logits.shape == (n, L)
     for t in (res.success, res.n_satisfied, res.iterations, res.param, res.kendall_tau):
         assert t.shape == (n,) and t.device == x.device
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
-    with torch.no_grad():
-        assert torch.allclose(res.scores, torch.sigmoid(model(res.x_adv)), atol=1e-6)
-    target, ab = y ^ A, A | B
-    ok = ((res.scores >= 0.5) == target) | ~ab
-    assert torch.equal(res.success, ok.all(1))
-    assert torch.equal(res.n_satisfied, (((res.scores >= 0.5) == target) & ab).sum(1))
+    met, n_met, z = independent(model, res.x_adv, y, A, B)
+    assert torch.allclose(res.logits, z, atol=1e-6)
+    assert torch.allclose(res.scores, torch.sigmoid(z), atol=1e-6)
+    assert torch.equal(res.success, met)
+    assert torch.equal(res.n_satisfied, n_met)
+    assert torch.equal(res.extras["n_constraints"], (A | B).sum(1))
+    assert torch.allclose(res.extras["l2"], (res.x_adv - x).flatten(1).norm(dim=1), atol=1e-6)
+    crit = kendall_criterion(y, A, B)
+    want_tau = torch.tensor([scipy.stats.kendalltau(z[i].numpy(), crit[i].numpy()).statistic for i in range(n)])
+    assert torch.allclose(res.kendall_tau.double(), want_tau.double(), atol=1e-6)
     assert torch.isfinite(res.kendall_tau).all() and torch.isfinite(res.scores).all()
+    assert (res.iterations[moved(res, x)] >= 1).all()
     assert not model.training
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_per_image_independence_and_determinism(setup, name):
-    model, x, y, A, B = setup
+@pytest.mark.parametrize("variant", PER_IMAGE)
+def test_per_image_independence_and_determinism(problems, results, variant):
+    name, params, case = VARIANTS[variant]
+    model, x, y, A, B = problems[case]
     fn = attacks.ATTACKS[name]
-    whole = fn(model, x, y, A, B, progress=False, **FAST[name])
-    again = fn(model, x, y, A, B, progress=False, **FAST[name])
+    whole = results[variant]
+    assert int(moved(whole, x).sum()) >= MIN_MOVED  # real adversarial examples are compared, not clean images
+    again = fn(model, x, y, A, B, progress=False, **params)
     assert torch.equal(whole.x_adv, again.x_adv) and torch.equal(whole.iterations, again.iterations)
-    for i in range(x.shape[0]):
-        one = fn(model, x[i:i + 1], y[i:i + 1], A[i:i + 1], B[i:i + 1], progress=False, **FAST[name])
+    assert torch.equal(whole.param.isnan(), again.param.isnan())
+    for i in range(0, x.shape[0], 2):  # every other image alone (half the cost, same coverage of the kernels)
+        one = fn(model, x[i:i + 1], y[i:i + 1], A[i:i + 1], B[i:i + 1], progress=False, **params)
         assert torch.allclose(one.x_adv, whole.x_adv[i:i + 1], atol=1e-5), i
-        assert one.iterations.item() == whole.iterations[i].item()
-        assert one.n_satisfied.item() == whole.n_satisfied[i].item()
-    chunked = fn(model, x, y, A, B, progress=False, batch_size=3, **FAST[name])
+        assert one.iterations.item() == whole.iterations[i].item(), i
+        assert one.n_satisfied.item() == whole.n_satisfied[i].item(), i
+    chunked = fn(model, x, y, A, B, progress=False, batch_size=3, **params)
     assert torch.allclose(chunked.x_adv, whole.x_adv, atol=1e-5)
+    assert torch.equal(chunked.iterations, whole.iterations)
+
+
+@pytest.mark.parametrize("variant", ["fgs_scenario", "fg_scenario"])
+def test_scenario_eps_is_one_eps_for_the_call_whatever_the_chunks(problems, results, variant):
+    model, x, y, A, B = problems[VARIANTS[variant][2]]
+    whole = results[variant]
+    assert int(moved(whole, x).sum()) >= MIN_MOVED
+    assert (whole.param > 0).all() and whole.param.eq(whole.param[0]).all()  # one ε > 0 for every image
+    chunked = _call(problems, variant, batch_size=3)
+    assert torch.allclose(chunked.x_adv, whole.x_adv, atol=1e-6) and torch.equal(chunked.param, whole.param)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -93,7 +230,7 @@ def test_already_in_target_state_returns_clean_image(setup, name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_black_and_white_images_give_finite_results(setup, name, value):
-    model, _, _, _, _ = setup
+    model = setup[0]
     x = torch.full((2, 3, 6, 6), value)
     with torch.no_grad():
         y = model(x) >= 0
@@ -135,8 +272,9 @@ def test_validation_errors(setup, name):
         fn(model, x, y, torch.zeros_like(A), B, progress=False)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         fn(model, x * 2, y, A, B, progress=False)
+    extra = lambda m: torch.cat([m, torch.zeros_like(m[:, :1])], 1)  # noqa: E731  (one label too many)
     with pytest.raises(ValueError, match="model predicts|labels need"):
-        fn(model, x, y[:, :3], A[:, :3], B[:, :3], progress=False)
+        fn(model, x, extra(y), extra(A), extra(B), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         fn(model, x, y, A, B, progress=False, batch_size=0)
     with pytest.raises(ValueError, match="autocast_dtype"):
@@ -156,54 +294,66 @@ def test_bad_params_raise(setup, name, bad):
         attacks.ATTACKS[name](model, x, y, A, B, progress=False, **bad)
 
 
-def test_oom_splits_batch_with_same_results(setup):
-    model, x, y, A, B = setup
+class _Picky(torch.nn.Module):
+    """The model, but "out of memory" on more than ``limit`` images; counts the refusals."""
 
-    class Picky(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.refused = inner, limit, 0
 
-        def forward(self, z):
-            if z.shape[0] > 2:
-                raise torch.cuda.OutOfMemoryError("simulated")
-            return self.inner(z)
-
-    picky = Picky(model).eval()
-    for name in ("ml_cw", "ml_dp", "fgs"):
-        a = attacks.ATTACKS[name](picky, x, y, A, B, progress=False, **FAST[name])
-        b = attacks.ATTACKS[name](model, x, y, A, B, progress=False, batch_size=2, **FAST[name])
-        assert torch.allclose(a.x_adv, b.x_adv, atol=1e-6), name
+    def forward(self, z):
+        if z.shape[0] > self.limit:
+            self.refused += 1
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return self.inner(z)
 
 
-@pytest.mark.parametrize("name", ["ml_cw", "rank2", "ml_dp"])
-def test_bf16_autocast_and_channels_last(setup, name):
-    model, x, y, A, B = setup
-    res = attacks.ATTACKS[name](model, x, y, A, B, progress=False, autocast_dtype=torch.bfloat16,
-                                channels_last=True, **FAST[name])
+@pytest.mark.parametrize("variant", ["fgs", "fgs_scenario", "fg", "ml_cw", "ml_dp", "ml_dp_paper", "rank2"])
+def test_oom_splits_batch_with_same_results(problems, results, variant):
+    name, params, case = VARIANTS[variant]
+    model, x, y, A, B = problems[case]
+    picky = _Picky(model, 4).eval()
+    split = attacks.ATTACKS[name](picky, x, y, A, B, progress=False, **params)
+    assert picky.refused > 0  # the out-of-memory path really ran
+    whole = results[variant]
+    assert int(moved(split, x).sum()) >= MIN_MOVED
+    assert torch.allclose(split.x_adv, whole.x_adv, atol=1e-5), variant
+    assert torch.equal(split.n_satisfied, whole.n_satisfied) and torch.equal(split.iterations, whole.iterations)
+    met, _, _ = independent(model, split.x_adv, y, A, B)
+    assert int(met.sum()) >= MIN_SUCCESS
+
+
+@pytest.mark.parametrize("variant", PER_IMAGE)
+def test_channels_last_gives_the_same_examples(problems, results, variant):
+    model, x, _, _, _ = problems[VARIANTS[variant][2]]
+    res = _call(problems, variant, channels_last=True)
+    whole = results[variant]
+    assert int(moved(res, x).sum()) >= MIN_MOVED
+    assert torch.allclose(res.x_adv, whole.x_adv, atol=1e-5)
+    assert torch.equal(res.n_satisfied, whole.n_satisfied)
+
+
+@pytest.mark.parametrize("variant", ["ml_cw", "rank2", "ml_dp", "fg", "ml_dp_paper"])
+def test_bf16_autocast_and_channels_last(problems, variant):
+    model, x, y, A, B = problems[VARIANTS[variant][2]]
+    res = _call(problems, variant, autocast_dtype=torch.bfloat16, channels_last=True)
     assert torch.isfinite(res.x_adv).all() and res.x_adv.shape == x.shape
-    assert res.scores.dtype == torch.float32
+    assert res.scores.dtype == torch.float32 and res.logits.dtype == torch.float32
+    assert int(moved(res, x).sum()) >= MIN_MOVED
+    # the reported logits are the bf16 forward's, and the bf16 model really is fooled
+    met, n_met, z = independent(model, res.x_adv, y, A, B, autocast_dtype=torch.bfloat16, channels_last=True)
+    assert torch.equal(res.logits, z)
+    assert torch.equal(res.success, met) and torch.equal(res.n_satisfied, n_met)
+    assert int(met.sum()) >= MIN_SUCCESS  # measured 15 (ML-DP paper) to 16
 
 
-def test_rank_options_run_and_select_rules(setup):
+def test_ml_cw_finds_smaller_perturbations_than_fgs(setup, results):
     model, x, y, A, B = setup
-    kw = dict(progress=False, lambda_init=10.0, n_search=2, max_iter=20)
-    for opts in ({"pairwise": True}, {"threshold": 0.5}, {"omega_zero": "empty"}, {"omega_zero": "C-1"},
-                 {"select": "constraints"}):
-        res = attacks.rank2(model, x, y, A, B, **kw, **opts)
-        assert torch.isfinite(res.x_adv).all()
-    tau = attacks.rank2(model, x, y, A, B, **kw)
-    con = attacks.rank2(model, x, y, A, B, select="constraints", **kw)
-    # selecting across λ by constraints first never satisfies fewer constraints than by tau first
-    assert (con.n_satisfied >= tau.n_satisfied).all()
-
-
-def test_ml_cw_beats_fgs_on_constraints(setup):
-    model, x, y, A, B = setup
-    cw = attacks.ml_cw(model, x, y, A, B, progress=False, lambda_init=10.0, n_search=3, max_iter=60)
-    f = attacks.fgs(model, x, y, A, B, progress=False)
-    assert cw.n_satisfied.sum() >= f.n_satisfied.sum()
-    assert cw.success.any()
+    cw, f = results["ml_cw"], results["fgs"]
+    both = independent(model, cw.x_adv, y, A, B)[0] & independent(model, f.x_adv, y, A, B)[0]
+    assert int(both.sum()) >= MIN_SUCCESS
+    l2 = lambda r: (r.x_adv - x).flatten(1).norm(dim=1)[both]  # noqa: E731
+    assert l2(cw).mean() < 0.75 * l2(f).mean()  # measured: 0.53x
 
 
 def test_ml_cw_logit_hinge_moves_labels_the_saturated_probability_hinge_cannot():
@@ -223,6 +373,9 @@ def test_ml_cw_logit_hinge_moves_labels_the_saturated_probability_hinge_cannot()
     prob = attacks.ml_cw(model, x, y, A, B, **kw)
     logit = attacks.ml_cw(model, x, y, A, B, hinge_space="logit", **kw)
     assert not prob.success.any() and torch.equal(prob.x_adv, x)
-    assert logit.success.all() and (logit.scores[0, 0] < 0.5) and (logit.scores[0, 1] < 0.5)
+    assert independent(model, logit.x_adv, y, A, B)[0].all()
+    with torch.no_grad():
+        z = model(logit.x_adv)[0]
+    assert z[0] < 0 and z[1] < 0
     with pytest.raises(ValueError, match="unknown hinge_space"):
         attacks.ml_cw(model, x, y, A, B, hinge_space="logits", **kw)
