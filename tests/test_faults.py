@@ -127,6 +127,22 @@ def uninterrupted(tmp_path_factory):
     return res, len(calls)
 
 
+def _close_records(a, b, atol: float = 1e-5) -> None:
+    """Same records up to float rounding: an attack run on another batch size may differ in the last
+    bits (vectorised exp / tanh take another code path for another tensor length), never more."""
+    import numpy as np
+
+    cols = [c for c in a.records.columns if c not in ("scores_clean", "A")]
+    assert list(a.records["index"]) == list(b.records["index"])
+    for c in cols:
+        x, y = a.records[c].tolist(), b.records[c].tolist()
+        if x and isinstance(x[0], (float, int, list)) and not isinstance(x[0], bool):
+            assert np.allclose(np.array(x, dtype=float), np.array(y, dtype=float), atol=atol, equal_nan=True), c
+        else:
+            assert x == y, c
+    assert np.allclose(a.table.to_numpy(float), b.table.to_numpy(float), atol=atol, equal_nan=True)
+
+
 def _same_records(a, b) -> None:
     cols = [c for c in a.records.columns if c not in ("scores_adv", "scores_clean", "A")]
     assert a.records[cols].to_csv() == b.records[cols].to_csv()
@@ -137,7 +153,9 @@ def _same_records(a, b) -> None:
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_kill_between_batches_at_a_random_point_then_resume(tiny_runner, uninterrupted, monkeypatch, tmp_path, seed):
     reference, n_calls = uninterrupted
-    assert n_calls == 12  # 2 attacks x 2 strategies x 3 chunks (8 images in chunks of 3)
+    # ml_cw: 2 strategies x 3 chunks (8 images in chunks of 3); fgs (the paper's one ε per scenario):
+    # 2 strategies x 1 call
+    assert n_calls == 8
     kill_at = random.Random(seed).randint(1, n_calls)
     with monkeypatch.context() as m:
         calls = _count_calls(m, kill_at=kill_at)
@@ -188,7 +206,7 @@ def test_runner_retries_smaller_batches_on_cuda_out_of_memory(tiny_runner, unint
     """Simulated on CPU: the attack raises torch.cuda.OutOfMemoryError for more than one image."""
     reference, _ = uninterrupted
     sizes = []
-    for name in ("ml_cw", "fgs"):
+    for name in ("ml_cw",):  # a chunked row; fgs (one ε per scenario) is never split: see the next test
         real = attacks.ATTACKS[name]
 
         def picky(model, x, *args, _real=real, **kwargs):
@@ -197,8 +215,17 @@ def test_runner_retries_smaller_batches_on_cuda_out_of_memory(tiny_runner, unint
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return _real(model, x, *args, **kwargs)
         monkeypatch.setitem(attacks.ATTACKS, name, picky)
-    _same_records(tiny_runner(tmp_path), reference)  # these attacks draw no random numbers
+    _close_records(tiny_runner(tmp_path), reference)  # these attacks draw no random numbers
     assert 3 in sizes and 1 in sizes and max(sizes) == 3
+
+
+def test_out_of_memory_in_a_scenario_row_is_raised_with_advice(tiny_runner, monkeypatch, tmp_path):
+    """Splitting a one-ε-per-scenario row would change its ε: the runner re-raises with the way out."""
+    def hopeless(model, x, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setitem(attacks.ATTACKS, "fgs", hopeless)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="batch_size"):
+        tiny_runner(tmp_path)
 
 
 def test_out_of_memory_on_a_single_image_is_raised(tiny_runner, monkeypatch, tmp_path):
