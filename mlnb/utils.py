@@ -84,9 +84,9 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return to_jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return to_jsonable(obj.item())
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return to_jsonable(obj.tolist())
     if isinstance(obj, (Path, torch.device, torch.dtype)):
         return str(obj)
     if isinstance(obj, float) and not np.isfinite(obj):

@@ -1,0 +1,146 @@
+"""Behaviour of mlnb.store that the other unit tests left unpinned (found by mutation testing,
+docs/MUTATION.md): the exact run key and JSON line, blank and broken lines in shards of this and of
+other ranks, the store's folder and repr, and the tables' order, dtypes, empty forms and summary."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlnb.store import (GROUP, MERGED, TABLE_COLUMNS, ResultStore, aggregate, aggregate_ci, dumps_record,
+                        records_frame, run_key, summary, with_ci)
+
+pytestmark = pytest.mark.unit
+
+
+def _rec(i: int, **extra) -> dict:
+    return {"index": i, "image_id": f"img-{i}", "rmsd": i / 10, **extra}
+
+
+def _line(i: int) -> bytes:
+    return (dumps_record(_rec(i)) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------- keys and lines
+def test_run_key_replaces_unsafe_characters_by_one_dash():
+    key = run_key(preset="a/b", dataset="c d", model="m:1", attack="x", strategy="y", params_hash="h")
+    assert key == "a-b__c-d__m-1__x__y__h"
+
+
+def test_dumps_record_is_compact_json_with_sorted_keys():
+    assert dumps_record({"b": 1, "a": [1, 2], "c": {"z": 0, "y": 1}}) == '{"a":[1,2],"b":1,"c":{"y":1,"z":0}}'
+
+
+def test_numpy_nan_and_inf_are_stored_as_null_like_python_ones():
+    line = dumps_record({"a": np.float64("nan"), "b": np.array([1.0, np.inf]), "c": np.float32(0.5), "d": math.nan})
+    assert json.loads(line) == {"a": None, "b": [1.0, None], "c": 0.5, "d": None}
+
+
+# ----------------------------------------------------------------------------- shards
+def test_default_rank_is_zero_and_parent_folders_are_created(tmp_path):
+    store = ResultStore(tmp_path / "new" / "deeper", "run")
+    assert store.rank == 0 and store.shard.name == "part-0.jsonl" and store.folder.is_dir()
+    store.append([_rec(1), _rec(2)])
+    assert repr(store) == f"ResultStore({str(store.folder)!r}, rank=0, 2 records)"
+
+
+def test_blank_lines_in_a_shard_are_skipped(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_bytes(b"\n" + _line(1) + b"\n\n" + _line(2))
+    store = ResultStore(tmp_path, "run")
+    assert [r["index"] for r in store.records()] == [1, 2]
+
+
+def test_a_corrupt_line_followed_by_even_one_byte_raises(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_bytes(_line(1) + b"garbage\nx")
+    with pytest.raises(ValueError, match="corrupt line at byte"):
+        ResultStore(tmp_path, "run")
+
+
+def test_another_ranks_half_written_line_is_skipped_and_left_alone(tmp_path):
+    other = ResultStore(tmp_path, "run", rank=1)
+    other.append([_rec(4), _rec(5)])
+    broken = other.shard.read_bytes() + b'{"index": 6, "ima'
+    other.shard.write_bytes(broken)
+    mine = ResultStore(tmp_path, "run", rank=0)  # reads rank 1's shard, must not repair it
+    assert mine.done() == {4, 5}
+    assert other.shard.read_bytes() == broken
+    mine.reload()
+    assert mine.done() == {4, 5} and other.shard.read_bytes() == broken
+
+
+def test_merge_reads_a_half_written_other_shard_and_keeps_the_whole_records(tmp_path):
+    ResultStore(tmp_path, "run", rank=1).append([_rec(3)])
+    r0 = ResultStore(tmp_path, "run", rank=0)
+    r0.append([_rec(0)])
+    shard1 = tmp_path / "run" / "part-1.jsonl"
+    shard1.write_bytes(shard1.read_bytes() + b'{"index": 9')
+    path = r0.merge()
+    assert path.name == MERGED
+    assert [json.loads(x)["index"] for x in path.read_text().splitlines()] == [0, 3]
+
+
+# ----------------------------------------------------------------------------- tables
+def _frame(spec: dict) -> pd.DataFrame:
+    recs = []
+    for (strategy, attack), values in spec.items():
+        for i, v in enumerate(values):
+            m = {k: v for k in ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")}
+            recs.append({"dataset": "animals", "strategy": strategy, "attack": attack, "index": i, "A": [0],
+                         "scores_clean": [0.9, 0.1], "scores_adv": [0.2, 0.1], "success": v > 0.5,
+                         "projected": i == 0, **m})
+    return records_frame(recs)
+
+
+SPEC = {("random", "ml_cw"): [0.0, 1.0, 2.0], ("random", "rank2"): [1.0, 3.0],
+        ("extreme", "ml_cw"): [0.5, 0.5], ("extreme", "rank2"): [2.0, 0.0, 4.0]}
+
+
+def test_aggregate_follows_the_given_orders_and_counts_clean_images_as_integers():
+    frame = _frame(SPEC)
+    table = aggregate(frame, ["extreme", "random"], ["rank2", "ml_cw"])
+    assert [t[1:] for t in table.index] == [("extreme", "rank2"), ("extreme", "ml_cw"),
+                                          ("random", "rank2"), ("random", "ml_cw")]
+    assert table["Clean"].tolist() == [1, 0, 0, 1] and table["Clean"].dtype.kind == "i"
+    assert table.loc[("animals", "extreme", "rank2"), "RMSD"] == 3.0  # (2 + 4) / 2: the clean image is out
+    default = aggregate(frame)
+    assert [t[1:] for t in default.index] == [("random", "ml_cw"), ("random", "rank2"),
+                                            ("extreme", "ml_cw"), ("extreme", "rank2")]
+
+
+def test_empty_records_give_empty_tables_with_the_columns_and_index_names():
+    for t in (aggregate(pd.DataFrame()), *aggregate_ci(pd.DataFrame())):
+        assert t.empty and list(t.columns) == list(TABLE_COLUMNS) and list(t.index.names) == GROUP
+
+
+def test_with_ci_matches_cells_by_label_not_position():
+    frame = _frame(SPEC)
+    table = aggregate(frame)
+    lo, hi = aggregate_ci(frame, n_boot=50)
+    part = table.iloc[::-1][["F1", "RMSD"]]  # rows reversed, two columns swapped
+    out = with_ci(part, lo, hi, digits=3)
+    for key in part.index:
+        for c in part.columns:
+            assert out.loc[key, c] == f"{part.loc[key, c]:.3f} [{lo.loc[key, c]:.3f}, {hi.loc[key, c]:.3f}]"
+
+
+def test_with_ci_prints_missing_bounds_as_nan():
+    t = pd.DataFrame({"F1": [0.5], "RMSD": [2.0]})
+    lo = pd.DataFrame({"F1": [np.nan]})
+    out = with_ci(t, lo, lo)
+    assert out["F1"].iloc[0] == "0.5000 [nan, nan]" and out["RMSD"].iloc[0] == "2.0000 [nan, nan]"
+
+
+def test_summary_counts_images_success_and_projection_per_run():
+    s = summary(_frame(SPEC))
+    assert list(s.columns) == ["images", "success_rate", "projected"]
+    assert list(s.index.names) == GROUP
+    assert s.loc[("animals", "random", "ml_cw")].tolist() == pytest.approx([3, 2 / 3, 1 / 3])
+    assert s.loc[("animals", "extreme", "rank2")].tolist() == pytest.approx([3, 2 / 3, 1 / 3])
+    assert [t[1:] for t in s.index] == list(SPEC)  # in order of appearance
