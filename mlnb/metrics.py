@@ -231,6 +231,8 @@ def _kendall_tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Te
     step on ``(n, L)`` logits). ``y_tau`` may be integer, bool or float; the result has the dtype of
     ``scores`` (float32 logits are safe: only signs of differences and integer pair counts are used).
     NaN where a row of ``scores`` or ``y_tau`` is constant."""
+    if scores.dtype in (torch.float16, torch.bfloat16):  # their pair counts overflow / round (L >= 17)
+        return _kendall_tau_b_kernel(scores.float(), y_tau).to(scores.dtype)
     dx = torch.sign(scores[:, :, None] - scores[:, None, :])
     t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
     dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dx.dtype)

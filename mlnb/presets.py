@@ -103,17 +103,24 @@ PRESETS: dict[str, Preset] = {
     ),
     "smoke": Preset(
         name="smoke", datasets=("animals",), image_size=32, backbone="small_cnn", pretrained=False,
-        n_train=600, n_test=200,
-        train={"epochs": 2, "batch_size": 100, "lr": 3e-3, "loss": "eq12", "lam": 0.5},
-        n_general=8, n_label_specified=6, reduce_label="dog", augment_label="sheep",
+        # 8000 x 4 epochs (320 steps, seconds on 2 idle cores): held-out mAP about 0.70 on 1000 test images,
+        # where label frequencies alone score 0.55 and random scores 0.38 (600 x 2 epochs gave 0.56, and an
+        # attack set X of 10 images); 1000 test images give an X of about 50
+        n_train=8000, n_test=1000,
+        train={"epochs": 4, "batch_size": 100, "lr": 1e-2, "loss": "eq12", "lam": 0.5},
+        # 10 label-specified images: this model reaches about one in four reduce / augment targets
+        n_general=8, n_label_specified=10, reduce_label="dog", augment_label="sheep",
         attack_batch_size=8, max_rmsd=None,
+        # 5 searches x 100 steps from λ = 100 with a 5x larger Adam step than the default's: ML-CW meets the
+        # random-case target on 7 of 8 images of notebook 06 (2 x 10 steps from λ = 10 at lr 1e-2: 0 of 8),
+        # and ML-CW and Rank II both succeed on 3 of the 12 images of notebook 08 (before: none)
         attacks={
             "fgs": {"eps_max": 10 / 255, "n_eps": 3},
             "fg": {"eps_max": 10 / 255, "n_eps": 3},
-            "ml_cw": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
+            "ml_cw": {"lambda_init": 100.0, "n_search": 5, "max_iter": 100, "lr": 5e-2},
             "ml_dp": {"max_iter": 5},
-            "rank1": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
-            "rank2": {"lambda_init": 10.0, "n_search": 2, "max_iter": 10, "lr": 1e-2},
+            "rank1": {"lambda_init": 100.0, "n_search": 5, "max_iter": 100, "lr": 5e-2},
+            "rank2": {"lambda_init": 100.0, "n_search": 5, "max_iter": 100, "lr": 5e-2},
         },
     ),
 }

@@ -65,3 +65,13 @@ def test_extreme_case_follows_the_labels_device():
 def test_to_pm1_gives_int8_plus_minus_one():
     out = Lb.to_pm1(torch.tensor([[True, False]]))
     assert out.dtype == torch.int8 and out.tolist() == [[1, -1]]
+
+
+@pytest.mark.parametrize("strategy", ["random", "hide_single"])
+def test_seeded_strategies_without_a_generator_draw_from_torch_global_rng(strategy):
+    y = _labels()
+    torch.manual_seed(11)
+    a = Lb.make_target(strategy, y)
+    torch.manual_seed(11)
+    b = Lb.make_target(strategy, y)
+    assert torch.equal(a.A, b.A) and a.A.any()

@@ -158,3 +158,89 @@ def test_model_quality_f1_of_labels_mostly_missed_or_mostly_false():
 def test_model_quality_micro_f1_without_positives_or_predictions_is_zero():
     q = M.model_quality(torch.full((3, 2), 0.1), torch.zeros(3, 2, dtype=torch.bool))
     assert q["micro_f1"] == 0.0 and q["macro_f1"] == 0.0
+
+
+# ----------------------------------------------------------------------------- more messages
+SCORE_KERNELS = ("ranking_loss", "average_precision", "instance_auc")
+
+
+@pytest.mark.parametrize("name", SCORE_KERNELS)
+def test_ranking_kernels_name_scores_and_y_star(name):
+    fn = getattr(M, name)
+    s, y = torch.rand(2, 3), torch.rand(2, 3) > 0.5
+    assert _msg(fn, s.tolist(), y) == "scores must be a torch.Tensor of shape (N, L), got list"
+    assert _msg(fn, s[0], y) == ("scores must be a float tensor (N, L), got dtype torch.float32 and shape (3,): "
+                                 "pass one row of label scores per image")
+    assert _msg(fn, s.long(), y).startswith("scores must be a float tensor (N, L), got dtype torch.int64")
+    assert _msg(fn, s.masked_fill(y, float("inf")), y) == "scores contains NaN or Inf: the metrics need finite scores"
+    assert _msg(fn, s, y.float()).startswith("y_star must be a bool tensor")
+    assert _msg(fn, s, y[:, :2]).startswith("y_star has shape (2, 2) but scores has (2, 3)")
+
+
+def test_instance_f1_names_pred_and_y_star():
+    p = torch.zeros(2, 3, dtype=torch.bool)
+    assert _msg(M.instance_f1, p.float(), p).startswith("pred must be a bool tensor")
+    assert _msg(M.instance_f1, p, p.float()).startswith("y_star must be a bool tensor")
+    assert _msg(M.instance_f1, p, p[:, :2]).startswith("y_star has shape (2, 2) but pred has (2, 3)")
+
+
+def test_kendall_tau_b_needs_a_two_dimensional_y_tau():
+    assert _msg(M.kendall_tau_b, torch.rand(1, 3), torch.zeros(3, dtype=torch.int8)) == "y_tau must be a 2-D (N, L) tensor"
+    assert _msg(M.predict, torch.tensor([[0.5, float("nan")]])) == (
+        "scores contains NaN or Inf: the metrics need finite scores")
+
+
+def test_probability_message_gives_the_range_found():
+    s = torch.tensor([[0.5, 1.25], [-0.5, 0.0]])
+    assert _msg(M.model_quality, s, s > 0) == (
+        "scores must be probabilities in [0, 1], found values in [-0.5, 1.25]: pass torch.sigmoid(logits)")
+    assert _msg(M.model_quality, s.clamp(min=0), s > 0).startswith("scores must be probabilities")
+    assert _msg(M.model_quality, s.clamp(max=1), s > 0).startswith("scores must be probabilities")
+
+
+# ----------------------------------------------------------------------------- values on small rows
+def test_a_single_pair_counts_fully():
+    s = torch.tensor([[0.2, 0.8], [0.8, 0.2]], dtype=torch.float64)
+    y = torch.tensor([[True, False], [True, False]])  # one (positive, negative) pair per row
+    assert M.ranking_loss(s, y).tolist() == [1.0, 0.0]
+    assert M.instance_auc(s, y).tolist() == [0.0, 1.0]
+
+
+def test_one_predicted_label_and_no_target_label_is_f1_zero():
+    pred = torch.tensor([[True, False, False], [False, False, False]])
+    y_star = torch.zeros(2, 3, dtype=torch.bool)
+    assert M.instance_f1(pred, y_star).tolist() == [0.0, 1.0]
+
+
+def test_ranking_metrics_keep_float64_and_its_precision():
+    s = torch.tensor([[0.1, 0.5, 0.3, 0.2]], dtype=torch.float64)
+    y = torch.tensor([[True, False, True, False]])
+    # pairs (pos, neg): (0.1, 0.5) wrong, (0.1, 0.2) wrong, (0.3, 0.5) wrong, (0.3, 0.2) right
+    for fn, want in ((M.ranking_loss, 3 / 4), (M.instance_auc, 1 / 4), (M.average_precision, 1 / 2)):
+        out = fn(s, y)
+        assert out.dtype == torch.float64 and out.item() == want
+    from scipy.stats import kendalltau
+
+    y_tau = torch.tensor([[0, 2, 1, 1]], dtype=torch.int8)
+    tau = M.kendall_tau_b(s, y_tau)
+    want = kendalltau(s[0].numpy(), y_tau[0].numpy()).statistic
+    assert tau.dtype == torch.float64 and tau.item() == pytest.approx(want, abs=1e-15) and want not in (0.0, 1.0)
+
+
+def test_kendall_kernel_takes_float_and_bool_criteria():
+    from mlnb.attack_losses import kendall_tau_b as kernel
+
+    s = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    assert kernel(s, torch.tensor([[0.1, 0.2, 0.25, 0.3]])).item() == pytest.approx(1.0)  # fractional: not truncated
+    assert kernel(s, torch.tensor([[False, False, True, True]])).item() == pytest.approx(4 / 24 ** 0.5 / 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kendall_tau_b_of_half_precision_logits_with_many_labels(dtype):
+    # 20 labels: 380 ordered pairs, so nx * ny = 144400 overflows float16 (max 65504)
+    z = torch.linspace(-5, 5, 20).unsqueeze(0)
+    y_tau = torch.arange(20, dtype=torch.int8).unsqueeze(0)
+    y_tau[0, :2] = 0  # one tie in the criterion
+    want = M.kendall_tau_b(z.double(), y_tau).item()
+    got = M.kendall_tau_b(z.to(dtype), y_tau)
+    assert got.dtype == dtype and got.item() == pytest.approx(want, rel=1e-2)

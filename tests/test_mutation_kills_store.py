@@ -144,3 +144,78 @@ def test_summary_counts_images_success_and_projection_per_run():
     assert s.loc[("animals", "random", "ml_cw")].tolist() == pytest.approx([3, 2 / 3, 1 / 3])
     assert s.loc[("animals", "extreme", "rank2")].tolist() == pytest.approx([3, 2 / 3, 1 / 3])
     assert [t[1:] for t in s.index] == list(SPEC)  # in order of appearance
+
+
+def _bare(**extra) -> dict:
+    return {"dataset": "animals", "strategy": "random", "attack": "ml_cw", "index": 0, "A": [1],
+            "scores_clean": [0.9, 0.8, 0.1], "scores_adv": [0.7, 0.2, 0.1], "rmsd": 1.0, **extra}
+
+
+def test_records_frame_reads_nulls_as_nan_in_every_numeric_column():
+    recs = [_bare(index=0, rmsd_raw=None, param=None, attack_kendall_tau=None),
+            _bare(index=1, rmsd_raw=2.5, param=0.1, attack_kendall_tau=0.5)]
+    f = records_frame(recs)
+    for k in ("rmsd_raw", "param", "attack_kendall_tau"):
+        assert f[k].dtype == np.float64 and math.isnan(f[k].iloc[0]), k
+
+
+def test_records_frame_target_label_probability_only_for_a_single_flipped_label():
+    f = records_frame([_bare(index=0), _bare(index=1, A=[0, 1]), _bare(index=2, A=[])])
+    assert f["p_clean"].iloc[0] == 0.8 and f["p_adv"].iloc[0] == 0.2  # A = [1]
+    assert f[["p_clean", "p_adv"]].iloc[1:].isna().all().all()
+
+
+def test_tables_without_success_records_have_nan_success():
+    frame = _frame(SPEC).drop(columns="success")
+    assert aggregate(frame)["Success"].isna().all()
+
+
+def test_names_missing_from_the_orders_go_last_in_order_of_appearance():
+    frame = _frame(SPEC)
+    table = aggregate(frame, ["extreme"], ["rank2"])
+    assert [t[1:] for t in table.index] == [("extreme", "rank2"), ("extreme", "ml_cw"),
+                                          ("random", "rank2"), ("random", "ml_cw")]
+    lo, _ = aggregate_ci(frame, ["extreme"], ["rank2"], n_boot=20)
+    assert lo.index.equals(table.index) and list(lo.index.names) == GROUP
+
+
+def test_ci_defaults_are_1000_resamples_seed_0():
+    frame = _frame({("random", "ml_cw"): (np.random.default_rng(0).random(15) + 0.5).tolist()})
+    a = aggregate_ci(frame)
+    b = aggregate_ci(frame, n_boot=1000, seed=0)
+    assert a[0].equals(b[0]) and a[1].equals(b[1])
+    for other in (aggregate_ci(frame, n_boot=1001, seed=0), aggregate_ci(frame, n_boot=1000, seed=1)):
+        assert not a[0]["F1"].equals(other[0]["F1"])
+
+
+def test_ci_arguments_are_checked_with_messages():
+    frame = _frame(SPEC)
+    for level in (0, 1, 1.5, -0.5):
+        with pytest.raises(ValueError, match=r"^level must lie in \(0, 1\)"):
+            aggregate_ci(frame, level=level)
+    assert _msg(aggregate_ci, frame, n_boot=2.5) == "n_boot must be a whole number, got 2.5"
+    for seed in (-1, 1.5, "3", True):
+        assert _msg(aggregate_ci, frame, seed=seed) == f"seed must be a non-negative int, got {seed!r}"
+
+
+def _msg(fn, *args, **kwargs) -> str:
+    with pytest.raises((ValueError, TypeError)) as err:
+        fn(*args, **kwargs)
+    return str(err.value)
+
+
+def test_ci_of_a_single_image_is_its_value():
+    lo, hi = aggregate_ci(_frame({("random", "ml_cw"): [0.7]}), n_boot=30)
+    assert lo["F1"].iloc[0] == hi["F1"].iloc[0] == 0.7
+
+
+def test_ci_has_equal_tails():
+    # the same images with negated values resample identically (same group, same seed): the interval
+    # of -v is minus the interval of v exactly when both tails hold (1 - level) / 2
+    v = np.random.default_rng(0).random(30) + 0.5
+    pos, neg = _frame({("random", "ml_cw"): v.tolist()}), _frame({("random", "ml_cw"): (-v).tolist()})
+    for level in (0.95, 0.8):
+        lo_p, hi_p = aggregate_ci(pos, n_boot=1000, level=level)
+        lo_n, hi_n = aggregate_ci(neg, n_boot=1000, level=level)
+        assert lo_n["F1"].iloc[0] == pytest.approx(-hi_p["F1"].iloc[0], rel=1e-12)
+        assert hi_n["F1"].iloc[0] == pytest.approx(-lo_p["F1"].iloc[0], rel=1e-12)
