@@ -13,13 +13,14 @@ STAMP := $(VENV)/.mlnb-installed
 # the test suite keeps its data cache and results out of the user's data/ and results/
 TEST_ENV := MLNB_DATA=$(CURDIR)/build/test-data MLNB_RESULTS=$(CURDIR)/build/test-results
 
-.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep strip clean
+.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep mutate strip clean
 
 help:
 	@echo "make run      - set up .venv and execute every notebook (PRESET=$(PRESET)); results in results/"
 	@echo "make test     - set up .venv and run the whole test suite"
 	@echo "make bench    - benchmark suite -> benchmarks/results/"
 	@echo "make sweep    - papermill parameter sweep example (see README)"
+	@echo "make mutate   - mutation testing of the kernels (mutmut) -> docs/MUTATION.md (about an hour on 2 cores)"
 	@echo "make strip    - strip outputs from notebooks/ before committing"
 
 $(STAMP): pyproject.toml
@@ -58,6 +59,14 @@ bench-smoke: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/python -m mlnb.sweep --notebook 03_ml_cw --preset smoke --grid N_IMAGES=4,8
+
+# mutmut's configuration (modules, test selection) is in pyproject.toml; results are cached in mutants/,
+# so a rerun tests only what changed. MUTANTS="mlnb.store*" limits a run to one module.
+MUTATE_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+MUTANTS ?=
+mutate: $(STAMP)
+	$(TEST_ENV) MLNB_RESULTS=$(CURDIR)/build/mutate-results OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS) || true
+	$(BIN)/python tests/mutation_report.py --out docs/MUTATION.md
 
 strip:
 	$(BIN)/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb

@@ -86,7 +86,8 @@ def paper_step(J: torch.Tensor, logits: torch.Tensor, ab: torch.Tensor) -> torch
     ``J`` ``(n, L, d)`` rows ``∂z/∂x``, ``logits``, ``ab`` ``(n, L)``."""
     z = logits.double()
     e = torch.exp(-z.abs())
-    return min_norm_step(J, torch.where(ab, -0.5 * torch.tanh(z / 2), 0.0), torch.where(ab, e / (1 + e) ** 2, 0.0))
+    # rows outside A ∪ B get weight 0, which leaves them out of the system whatever their right-hand side
+    return min_norm_step(J, -0.5 * torch.tanh(z / 2), torch.where(ab, e / (1 + e) ** 2, 0.0))
 
 
 def deepfool(rt: Runtime, x: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, *, max_iter: int,

@@ -337,13 +337,13 @@ def model_quality(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     tp = (pred & y).sum(0).double()
     fp = (pred & ~y).sum(0).double()
     fn = (~pred & y).sum(0).double()
-    per_label = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+    per_label = 2 * tp / (2 * tp + fp + fn).clamp(min=1)  # counts: a zero denominator means tp = 0, F1 0
     denom = float(2 * tp.sum() + fp.sum() + fn.sum())
     label_ap = _ap_rows(scores.t().contiguous(), y.t().contiguous())
     return {
         "hamming": float((pred ^ y).double().mean()),
         "macro_f1": float(per_label.mean()),
-        "micro_f1": float(2 * tp.sum()) / denom if denom > 0 else 0.0,
+        "micro_f1": float(2 * tp.sum()) / max(denom, 1.0),  # denom 0 means tp = 0
         "ranking_loss": _nanmean(ranking_loss(scores, y)),
         "map": _nanmean(average_precision(scores, y)),
         "label_map": float(label_ap.double().mean()),

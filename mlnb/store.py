@@ -285,7 +285,7 @@ def with_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, digits: int
     def fmt(x, d):
         return "nan" if pd.isna(x) else f"{float(x):.{d}f}"
 
-    out = pd.DataFrame(index=table.index, columns=table.columns, dtype=object)
+    out = pd.DataFrame(index=table.index)  # the columns are added below, in the table's order
     for c in table.columns:
         d = 0 if c == "Clean" else int(digits)
         out[c] = ["N.A." if pd.isna(v) else f"{fmt(v, d)} [{fmt(a, d)}, {fmt(b, d)}]"

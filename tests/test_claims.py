@@ -412,3 +412,14 @@ def test_entry_points_check_their_input():
         C.table5_claims(paper_table(5), world())
     a = C.table4_claims(world(), n_boot=300, seed=5)
     assert a.equals(C.table4_claims(world(), n_boot=300, seed=5))
+
+
+@pytest.mark.unit
+def test_claims_from_a_table_read_the_data_set_they_are_given():
+    for fn, number in ((C.table4_claims_from_table, 4), (C.table5_claims_from_table, 5)):
+        first = paper_table(number).loc[["voc2007"]]
+        other = first.rename(index={"voc2007": "other"}, level=0) * 1.5  # another data set, other numbers
+        both = pd.concat([first, other])
+        alone = fn(other)
+        pd.testing.assert_frame_equal(fn(both, "other"), alone)
+        assert not fn(both)["measured"].equals(alone["measured"])  # the default is the first data set

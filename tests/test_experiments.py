@@ -316,3 +316,107 @@ def test_paper_preset_without_voc_names_the_folder_and_the_download_flag(tmp_pat
     monkeypatch.setenv("MLNB_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="download"):
         E.run_experiment("paper", "ml_cw", "random", out_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+# (docs/MUTATION.md): the RMSD projection at and below the bound, and what _load asks of the data and
+# model loaders on each rank (the CLI tests above reach it only in a subprocess)
+
+from mlnb.presets import get_preset  # noqa: E402
+
+
+def _rmsd(x, x_adv):
+    return ((x_adv - x) * 255.0).flatten(1).pow(2).mean(1).sqrt()
+
+
+@pytest.mark.unit
+def test_projection_leaves_a_perturbation_exactly_at_the_bound_alone_and_flags_it_unprojected():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 4, 4, generator=g) * 0.5
+    x_adv = x + torch.rand(3, 1, 4, 4, generator=g) * 0.1
+    bound = float(_rmsd(x, x_adv)[1])  # image 1 sits exactly on the bound
+    out, projected = E.project_rmsd(x, x_adv, bound)
+    assert not projected[1] and torch.equal(out[1], x_adv[1])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("noise, bound", [(0.004, 0.2), (0.004, 0.45), (0.2, 5.0)])
+def test_projection_lands_on_the_bound_also_for_radii_below_one(noise, bound):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 5, 5, generator=g) * 0.5
+    x_adv = x + torch.rand(4, 3, 5, 5, generator=g) * noise  # RMSD about 0.6 (noise 0.004) or 30 (0.2)
+    assert (_rmsd(x, x_adv) > bound).all()
+    out, projected = E.project_rmsd(x, x_adv, bound)
+    assert projected.all()
+    torch.testing.assert_close(_rmsd(x, out), torch.full((4,), bound), rtol=1e-5, atol=0)
+
+
+class _Spy:
+    def __init__(self, result=None):
+        self.calls, self.result = [], result
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.result
+
+
+class _Model(torch.nn.Module):
+    pass
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    from mlnb import data, training
+
+    loads, barrier = _Spy(result="test-set"), _Spy()
+    model = _Model().train()
+    target = _Spy(result=(model, {"path": "/cache/models/smoke_small_cnn_ab12.pt"}))
+    monkeypatch.setattr(data, "load_dataset", loads)
+    monkeypatch.setattr(training, "get_target_model", target)
+    monkeypatch.setattr(E, "_barrier", barrier)
+    return loads, target, barrier
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dataset, train_split", [("voc2007", "trainval"), ("voc2012", "train")])
+def test_rank_zero_downloads_both_splits_first_then_loads_model_and_test_set(spies, dataset, train_split):
+    loads, target, barrier = spies
+    preset = get_preset("smoke")
+    model, ds, model_id = E._load(preset, dataset, "cpu", True, 0, 2, download=True)
+    size = preset.image_size
+    assert loads.calls == [
+        ((dataset, train_split), {"n_examples": 1, "image_size": size, "download": True}),
+        ((dataset, "test"), {"n_examples": 1, "image_size": size, "download": True}),
+        ((dataset, "test"), {"n_examples": preset.n_test, "image_size": size}),
+    ]
+    assert target.calls == [((preset,), {"device": "cpu", "progress": True, "dataset": dataset})]
+    assert barrier.calls == [((2,), {})]  # after the model is cached, so the other ranks can read it
+    assert ds == "test-set" and not model.training and model_id == "smoke_small_cnn_ab12"
+
+
+@pytest.mark.unit
+def test_other_ranks_wait_first_never_download_and_stay_quiet(spies):
+    loads, target, barrier = spies
+    preset = get_preset("smoke")
+    E._load(preset, "voc2007", "cpu", True, 1, 2, download=True)
+    assert barrier.calls == [((2,), {})]
+    assert [c[0] for c in loads.calls] == [("voc2007", "test")]
+    assert target.calls[0][1]["progress"] is False
+
+
+@pytest.mark.unit
+def test_offline_data_sets_are_not_downloaded(spies):
+    loads, _, _ = spies
+    E._load(get_preset("smoke"), "animals", "cpu", False, 0, 1, download=True)
+    assert [c[0] for c in loads.calls] == [("animals", "test")]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("info, want", [({"model_id": "m1", "hash": "h", "path": "/a/p.pt"}, "m1"),
+                                        ({"hash": "h2", "path": "/a/p.pt"}, "h2"),
+                                        ({"path": "/a/p.pt"}, "p"), ({}, "small_cnn"), (None, "small_cnn")])
+def test_model_id_prefers_the_id_then_the_hash_then_the_file_name(spies, monkeypatch, info, want):
+    from mlnb import training
+
+    monkeypatch.setattr(training, "get_target_model", _Spy(result=(_Model(), info)))
+    assert E._load(get_preset("smoke"), "animals", "cpu", False, 0, 1)[2] == want

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mlnb.attack_core import rank_masks
+from mlnb import attack_losses as AL
 from mlnb.attack_losses import rank_goal, rank_loss, rank_progress, rank_terms
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -167,3 +168,36 @@ def test_rank_kernels_follow_the_logits_device_with_weights_on_the_cpu():
         assert rank_goal(z, *m, w, threshold=threshold).device.type == "meta"
         assert rank_progress(z, *m, w, threshold=threshold).device.type == "meta"
     assert rank_loss(torch.zeros(2, 5, device="meta"), w).device.type == "meta"
+
+
+# ----------------------------------------------------------------------------- deprecated probability forms
+def test_deprecated_satisfied_thresholds_probabilities_at_one_half_inside_the_mask():
+    probs = torch.tensor([[0.5, 0.49, 0.9, 0.1], [0.2, 0.7, 0.5, 0.5]])
+    target = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    ab = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    met = AL.satisfied(probs, target, ab)
+    assert met.tolist() == [[True, True, False, False], [True, True, True, False]]
+    assert AL.n_satisfied(probs, target, ab).tolist() == [2, 3]
+
+
+# ----------------------------------------------------------------------------- CW change of variables
+def test_from_w_inverts_to_w_and_maps_every_w_into_the_unit_interval():
+    from mlnb.attack_search import from_w, to_w
+
+    x = torch.linspace(0.01, 0.99, 11, dtype=torch.float64)
+    torch.testing.assert_close(from_w(to_w(x, 0.0)), x)
+    assert from_w(torch.tensor([-50.0, 0.0, 50.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+# ----------------------------------------------------------------------------- ML-DP, paper form
+def test_paper_step_keeps_a_constraint_whose_label_is_saturated_far_beyond_float32():
+    """Logit 400: σ'(z) = e^-400 / (1 + e^-400)^2 is about 1e-174, tiny but representable in float64; the
+    constraint must stay in the system (a step along it, of size (0.5 - F) / σ'), not drop out."""
+    from mlnb.attack_deepfool import paper_step
+
+    J = torch.eye(3, dtype=torch.float64)[None, :2]  # (1, L=2, d=3): label k moves with pixel k
+    logits = torch.tensor([[400.0, -1.0]], dtype=torch.float64)
+    step = paper_step(J, logits, torch.tensor([[True, True]]))
+    assert torch.isfinite(step).all() and step[0, 0] < -1e170 and step[0, 2] == 0
+    e = math.exp(-1.0)
+    assert step[0, 1].item() == pytest.approx(0.5 * math.tanh(0.5) / (e / (1 + e) ** 2), rel=1e-12)
