@@ -59,7 +59,8 @@ def pick_per_image(n_met_: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
 def pick_scenario(n_met_: torch.Tensor, n_constraints: torch.Tensor) -> int:
     """Index of the one ``ε`` for a whole scenario (the paper's reading of Sec. IV-C): most images
     with every constraint met, then most constraints met in total, then the smaller ``ε``."""
-    full = (n_met_ == n_constraints[:, None]).sum(0).double()
-    total = n_met_.sum(0).double()
-    key = full * (n_met_.numel() + 1) + total
-    return int(key.argmax())
+    full = (n_met_ == n_constraints[:, None]).sum(0)
+    total = n_met_.sum(0)
+    # lexicographic (full, total): among the ε with the most fully met images, the most constraints met;
+    # argmax returns the first maximum, the smaller ε of the ascending grid
+    return int(torch.where(full == full.max(), total, -1).argmax())

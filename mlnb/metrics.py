@@ -280,7 +280,7 @@ def per_image_metrics(logits_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Te
 def _nanmean(v: torch.Tensor) -> float:
     """Mean over the non-NaN entries; NaN when there is none."""
     keep = ~torch.isnan(v)
-    return float(v[keep].double().mean()) if bool(keep.any()) else math.nan
+    return float(v[keep].double().mean())  # the mean of no entries is NaN
 
 
 def _model_logits(model: torch.nn.Module, x: torch.Tensor, num_labels: int, batch_size: int) -> torch.Tensor:

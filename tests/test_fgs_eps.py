@@ -106,3 +106,53 @@ def test_float16_autocast_points_to_bfloat16(setup):
     model, x, y, A, B = setup
     with pytest.raises(ValueError, match="bfloat16"):
         attacks.ml_cw(model, x, y, A, B, autocast_dtype=torch.float16, progress=False)
+
+
+@pytest.mark.unit
+def test_scenario_eps_prefers_fully_met_images_even_when_another_eps_meets_more_constraints():
+    """Lexicographic: most images with every constraint met first, total constraints only to break a tie.
+    Two images with 1 and 10 constraints: ε0 fully meets image 0 (1 constraint in all), ε1 meets 9 of
+    image 1's 10 (9 in all, no image fully). (A weighted key ``full * (n G + 1) + total`` picked ε1 here:
+    its weight 5 is below the 9 constraints a single image can add.)"""
+    from mlnb.attack_onestep import pick_scenario
+
+    n_met = torch.tensor([[1, 0], [0, 9]])  # (n images, G eps)
+    assert pick_scenario(n_met, torch.tensor([1, 10])) == 0
+    assert pick_scenario(torch.tensor([[1, 1], [3, 9]]), torch.tensor([1, 10])) == 1  # tie on full: total
+    assert pick_scenario(torch.tensor([[1, 1], [5, 5]]), torch.tensor([1, 10])) == 0  # full tie: smaller ε
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("norm", ["linf", "rms"])
+def test_a_zero_gradient_gives_a_zero_step_and_leaves_the_other_images_alone(norm):
+    from mlnb.attack_onestep import direction
+
+    g = torch.zeros(2, 3, 4, 4)
+    g[1, 0, 0, 0], g[1, 2, 3, 1] = 2.0, -0.5
+    d = direction(g, norm)
+    assert torch.equal(d[0], torch.zeros(3, 4, 4))
+    if norm == "rms":  # root-mean-square 1 per pixel
+        assert d[1].pow(2).mean().item() == pytest.approx(1.0, rel=1e-6)
+    else:
+        assert d[1].abs().sum() == 2
+
+
+@pytest.mark.unit
+def test_target_gradient_is_each_images_own_sum_over_a_union_b_only():
+    """Per image, the gradient of sum_{k in A ∪ B} BCE(z_k, y*_k): labels outside A ∪ B and the other
+    images of the batch contribute nothing (a batch mean over all labels would mix both in)."""
+    from mlnb.attack_core import Runtime
+    from mlnb.attack_onestep import target_gradient
+
+    torch.manual_seed(0)
+    W = torch.randn(3, 2 * 2 * 2, dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3, bias=False)).double().eval()
+    model[1].weight.data = W
+    x = torch.rand(2, 2, 2, 2, dtype=torch.float64)
+    target = torch.tensor([[True, False, True], [False, False, True]])
+    ab = torch.tensor([[True, True, False], [False, True, False]])
+    g = target_gradient(Runtime(model), x, target, ab)
+    z = x.flatten(1) @ W.T
+    dz = torch.sigmoid(z) - target.double()  # d BCE / d z
+    want = ((dz * ab) @ W).view_as(x)
+    torch.testing.assert_close(g, want)
