@@ -420,3 +420,49 @@ def test_model_id_prefers_the_id_then_the_hash_then_the_file_name(spies, monkeyp
 
     monkeypatch.setattr(training, "get_target_model", _Spy(result=(_Model(), info)))
     assert E._load(get_preset("smoke"), "animals", "cpu", False, 0, 1)[2] == want
+
+
+@pytest.mark.unit
+def test_progress_bar_wraps_only_a_non_empty_enabled_loop():
+    items = [3, 1, 2]
+    assert E._bar(items, False, "x") is items and E._bar([], True, "x") == []
+    bar = E._bar(items, True, "rows")
+    assert list(bar) == items and bar.desc == "rows" and bar.leave is False
+
+
+@pytest.mark.unit
+def test_barrier_waits_only_with_several_processes(monkeypatch):
+    import torch.distributed as dist
+
+    calls = _Spy()
+    monkeypatch.setattr(dist, "barrier", calls)
+    E._barrier(1)
+    assert calls.calls == []
+    E._barrier(2)
+    assert calls.calls == [((), {})]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("device, backend, want", [("cpu", "gloo", "cpu"), ("cuda", "nccl", "cuda:3")])
+def test_dist_context_joins_torchruns_group_with_the_backend_of_the_device(monkeypatch, device, backend, want):
+    import torch.distributed as dist
+
+    init = _Spy()
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", init)
+    monkeypatch.setattr(dist, "get_rank", lambda: 2)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's variables; the group's own size is what counts
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert E.dist_context(torch.device(device)) == (2, 4, torch.device(want), True)
+    assert init.calls == [((), {"backend": backend})]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # a group made by the caller is not ours
+    assert E.dist_context(torch.device(device))[3] is False and len(init.calls) == 1
+
+
+@pytest.mark.unit
+def test_dist_context_is_one_process_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert E.dist_context(torch.device("cpu")) == (0, 1, torch.device("cpu"), False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert E.dist_context(torch.device("cpu")) == (0, 1, torch.device("cpu"), False)

@@ -156,3 +156,26 @@ def test_target_gradient_is_each_images_own_sum_over_a_union_b_only():
     dz = torch.sigmoid(z) - target.double()  # d BCE / d z
     want = ((dz * ab) @ W).view_as(x)
     torch.testing.assert_close(g, want)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("norm", ["linf", "rms"])
+def test_grid_scores_score_the_image_clipped_to_the_unit_box(norm):
+    """Images at 0 and at 1 and a large ε: half of each step leaves [0, 1]; the L2 distance and the
+    constraints are those of clip(x - ε d, 0, 1), computed here from the returned d."""
+    from mlnb.attack_core import Runtime
+    from mlnb.attack_losses import n_met
+    from mlnb.attack_onestep import grid_scores
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    x = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2), torch.full((3, 2, 2), 0.5)])
+    target = torch.tensor([[True, False, True]] * 3)
+    ab = torch.ones(3, 3, dtype=torch.bool)
+    eps = torch.tensor([0.3, 2.0])
+    out = grid_scores(Runtime(model), x, target, ab, eps, norm)
+    for j, e in enumerate(eps.tolist()):
+        xa = (x - e * out["d"]).clamp(0, 1)
+        torch.testing.assert_close(out["l2"][:, j], (xa - x).flatten(1).norm(dim=1))
+        assert torch.equal(out["n_met"][:, j], n_met(model(xa), target, ab))
+    assert (out["l2"][:2, 1] < (2.0 * out["d"][:2]).flatten(1).norm(dim=1)).all()  # clipping did act

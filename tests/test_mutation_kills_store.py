@@ -261,3 +261,15 @@ def test_aggregate_ci_is_the_documented_percentile_bootstrap():
     for (key, c), (w_lo, w_hi) in want.items():
         np.testing.assert_allclose([lo.loc[key, c], hi.loc[key, c]], [w_lo, w_hi], rtol=1e-12, atol=1e-12,
                                    err_msg=f"{key} {c}")
+
+
+def test_merge_tolerates_a_shard_that_another_process_removed_meanwhile(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    store = ResultStore(tmp_path, "run")
+    store.append([_rec(1)])
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*real_glob(self, pattern), self / "part-7.jsonl"])
+    path = store.merge()
+    assert [json.loads(x)["index"] for x in path.read_text().splitlines()] == [1]
+    assert not store.shard.exists()
