@@ -273,3 +273,52 @@ def test_merge_tolerates_a_shard_that_another_process_removed_meanwhile(tmp_path
     path = store.merge()
     assert [json.loads(x)["index"] for x in path.read_text().splitlines()] == [1]
     assert not store.shard.exists()
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Each ``os.fsync``: the file it reached and that file's size at that moment (a crash after the
+    call keeps exactly that many bytes)."""
+    import os
+
+    seen, real = [], os.fsync
+
+    def spy(fd):
+        seen.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), os.fstat(fd).st_size))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc to name the fsynced file")
+def test_append_repair_and_whole_file_writes_reach_the_disk_before_returning(tmp_path, fsyncs):
+    store = ResultStore(tmp_path, "run")
+    store.append([_rec(1), _rec(2)])
+    assert fsyncs == [("part-0.jsonl", store.shard.stat().st_size)]  # the whole batch, synced
+    whole = store.shard.read_bytes()
+    store.shard.write_bytes(whole + b'{"index": 3, "ima')  # a kill inside write()
+    fsyncs.clear()
+    ResultStore(tmp_path, "run")  # reopening repairs the shard: the cut must be durable too
+    assert fsyncs == [("part-0.jsonl", len(whole))]
+    fsyncs.clear()
+    merged = store.merge()
+    assert len(fsyncs) == 1 and fsyncs[0][0].startswith(".results.jsonl.") and fsyncs[0][1] == merged.stat().st_size
+
+
+def test_a_duplicate_index_keeps_the_first_stored_record(tmp_path):
+    """Merged file first, then the shards by rank, each from its first line: the record kept is the one
+    stored first, so a rerun that wrote an index again never replaces the result a table was made from."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+
+    def lines(*rmsds):
+        return "".join(dumps_record({"index": 1, "rmsd": r}) + "\n" for r in rmsds).encode()
+
+    (folder / "part-1.jsonl").write_bytes(lines(0.7))
+    (folder / "part-0.jsonl").write_bytes(lines(0.9, 0.8))
+    assert ResultStore(tmp_path, "run").records()[0]["rmsd"] == 0.9
+    (folder / MERGED).write_bytes(lines(0.5))
+    store = ResultStore(tmp_path, "run", rank=1)
+    assert store.records()[0]["rmsd"] == 0.5 and len(store) == 1
+    assert store.append([{"index": 1, "rmsd": 0.1}]) == 0 and store.records()[0]["rmsd"] == 0.5
