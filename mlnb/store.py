@@ -72,10 +72,10 @@ def _read_lines(path: Path, *, repair: bool) -> list[dict]:
     records, pos = [], 0
     while pos < len(data):
         end = data.find(b"\n", pos)
-        line = data[pos:] if end < 0 else data[pos:end]
         try:
             if end < 0:
                 raise ValueError("no trailing newline")
+            line = data[pos:end]
             rec = json.loads(line) if line.strip() else None
         except ValueError:
             rest = data[end + 1:] if end >= 0 else b""
@@ -109,9 +109,8 @@ class ResultStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.key, self.rank = key, int(rank)
         self.shard = self.folder / f"part-{self.rank}.jsonl"
-        _read_lines(self.shard, repair=True)
-        self._by_index: dict[int, dict] = {}
-        self.reload()
+        self._by_index: dict[int, dict]
+        self.reload()  # repairs this rank's shard
 
     def reload(self) -> None:
         """Re-read the merged file and every shard (other ranks' shards are read, never repaired)."""

@@ -253,11 +253,12 @@ def _bootstrap_by_the_docstring(frame: pd.DataFrame, level: float, n_boot: int, 
 def test_aggregate_ci_is_the_documented_percentile_bootstrap():
     # rmsd 0 is a clean-image fallback (RMSD undefined): a group with two perturbed images among eight
     # has many resamples without any, which must be skipped, not read as a value
-    spec = {("random", "ml_cw"): [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 3.0, 0.0],
+    spec = {("random", "ml_cw"): [0.0, 0.0, 4.0, 1.0, 2.0, 0.0],
             ("random", "rank2"): [1.0, 3.0, 2.5, 0.7, 4.0], ("extreme", "ml_cw"): [0.5, 0.5]}
     frame = _frame(spec)
-    lo, hi = aggregate_ci(frame, level=0.8, n_boot=200, seed=3)
-    want = _bootstrap_by_the_docstring(frame, 0.8, 200, 3)
+    # (seed, level, n_boot) where reading an empty resample as the first value (4.0) moves both ends
+    lo, hi = aggregate_ci(frame, level=0.8, n_boot=200, seed=1)
+    want = _bootstrap_by_the_docstring(frame, 0.8, 200, 1)
     for (key, c), (w_lo, w_hi) in want.items():
         np.testing.assert_allclose([lo.loc[key, c], hi.loc[key, c]], [w_lo, w_hi], rtol=1e-12, atol=1e-12,
                                    err_msg=f"{key} {c}")
@@ -301,6 +302,9 @@ def test_append_repair_and_whole_file_writes_reach_the_disk_before_returning(tmp
     fsyncs.clear()
     ResultStore(tmp_path, "run")  # reopening repairs the shard: the cut must be durable too
     assert fsyncs == [("part-0.jsonl", len(whole))]
+    fsyncs.clear()
+    ResultStore(tmp_path, "run").reload()  # reading a sound shard writes nothing
+    assert fsyncs == []
     fsyncs.clear()
     merged = store.merge()
     assert len(fsyncs) == 1 and fsyncs[0][0].startswith(".results.jsonl.") and fsyncs[0][1] == merged.stat().st_size
