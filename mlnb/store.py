@@ -175,10 +175,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     for k in METRIC_KEYS + ("rmsd_raw", "param", "attack_kendall_tau"):
         if k in frame:
             frame[k] = pd.to_numeric(frame[k], errors="coerce").astype(float)
-    single = frame["A"].map(len) == 1
-    first = frame["A"].map(lambda a: a[0] if len(a) else -1)
-    frame["p_clean"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_clean"], first, single)]
-    frame["p_adv"] = [s[j] if ok else float("nan") for s, j, ok in zip(frame["scores_adv"], first, single)]
+    for col, scores in (("p_clean", "scores_clean"), ("p_adv", "scores_adv")):
+        frame[col] = [s[a[0]] if len(a) == 1 else np.nan for s, a in zip(frame[scores], frame["A"])]
     return frame
 
 

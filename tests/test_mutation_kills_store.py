@@ -326,3 +326,16 @@ def test_a_duplicate_index_keeps_the_first_stored_record(tmp_path):
     store = ResultStore(tmp_path, "run", rank=1)
     assert store.records()[0]["rmsd"] == 0.5 and len(store) == 1
     assert store.append([{"index": 1, "rmsd": 0.1}]) == 0 and store.records()[0]["rmsd"] == 0.5
+
+
+def test_records_frame_reads_missing_and_unreadable_numbers_as_nan_floats():
+    recs = [{"index": 0, "rmsd": 1.0, "rmsd_raw": None, "param": "n/a", "attack_kendall_tau": 0.5, "A": [1],
+             "scores_clean": [0.1, 0.8], "scores_adv": [0.2, 0.3]},
+            {"index": 1, "rmsd": None, "rmsd_raw": 2, "param": 3, "attack_kendall_tau": None, "A": [0, 1],
+             "scores_clean": [0.4, 0.6], "scores_adv": [0.5, 0.5]}]
+    frame = records_frame(recs)
+    for k in ("rmsd", "rmsd_raw", "param", "attack_kendall_tau"):
+        assert frame[k].dtype == np.float64, k
+    assert np.isnan(frame.loc[0, "rmsd_raw"]) and np.isnan(frame.loc[0, "param"]) and frame.loc[1, "param"] == 3.0
+    assert frame["p_clean"].tolist()[0] == 0.8 and frame["p_adv"].tolist()[0] == 0.3  # |A| = 1: label 1
+    assert np.isnan(frame.loc[1, "p_clean"]) and np.isnan(frame.loc[1, "p_adv"])
