@@ -75,3 +75,16 @@ def test_seeded_strategies_without_a_generator_draw_from_torch_global_rng(strate
     torch.manual_seed(11)
     b = Lb.make_target(strategy, y)
     assert torch.equal(a.A, b.A) and a.A.any()
+
+
+def test_pick_one_leaves_rows_without_a_candidate_empty():
+    mask = torch.tensor([[False, False, False], [False, True, True], [True, False, False]])
+    for seed in range(5):
+        choice = Lb._pick_one(mask, torch.Generator().manual_seed(seed))
+        assert choice.sum(1).tolist() == [0, 1, 1] and not (choice & ~mask).any()
+
+
+def test_pick_one_follows_the_masks_device():
+    # the meta device stands in for an accelerator: the noise is drawn on the generator's device, then moved
+    y = torch.zeros(2, 4, dtype=torch.bool, device="meta")
+    assert Lb._pick_one(y, torch.Generator().manual_seed(0)).device.type == "meta"
