@@ -20,7 +20,7 @@ help:
 	@echo "make test     - set up .venv and run the whole test suite"
 	@echo "make bench    - benchmark suite -> benchmarks/results/"
 	@echo "make sweep    - papermill parameter sweep example (see README)"
-	@echo "make mutate   - mutation testing of the kernels (mutmut) -> docs/MUTATION.md (about an hour on 2 cores)"
+	@echo "make mutate   - mutation testing of the kernels (mutmut) -> docs/MUTATION.md (hours on 2 cores; cached)"
 	@echo "make strip    - strip outputs from notebooks/ before committing"
 
 $(STAMP): pyproject.toml
