@@ -58,12 +58,12 @@ def changed_line(sources: dict[str, str], key: str) -> str:
 
 
 def read_equivalents(path: Path) -> dict[str, tuple[str, str]]:
-    """``name | changed line | reason`` per line; ``#`` starts a comment line."""
+    """``name || changed line || reason`` per line (``||`` never occurs in Python); ``#`` starts a comment line."""
     out = {}
     if path.is_file():
         for raw in path.read_text(encoding="utf-8").splitlines():
             if raw.strip() and not raw.lstrip().startswith("#"):
-                name, line, reason = (p.strip() for p in raw.split(" | ", 2))
+                name, line, reason = (p.strip() for p in raw.split(" || ", 2))
                 out[name] = (line, reason)
     return out
 

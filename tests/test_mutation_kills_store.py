@@ -329,7 +329,7 @@ def test_a_duplicate_index_keeps_the_first_stored_record(tmp_path):
 
 
 def test_records_frame_reads_missing_and_unreadable_numbers_as_nan_floats():
-    recs = [{"index": 0, "rmsd": 1.0, "rmsd_raw": None, "param": "n/a", "attack_kendall_tau": 0.5, "A": [1],
+    recs = [{"index": 0, "rmsd": 1.0, "rmsd_raw": "n/a", "param": "n/a", "attack_kendall_tau": "n/a", "A": [1],
              "scores_clean": [0.1, 0.8], "scores_adv": [0.2, 0.3]},
             {"index": 1, "rmsd": None, "rmsd_raw": 2, "param": 3, "attack_kendall_tau": None, "A": [0, 1],
              "scores_clean": [0.4, 0.6], "scores_adv": [0.5, 0.5]}]
@@ -337,5 +337,6 @@ def test_records_frame_reads_missing_and_unreadable_numbers_as_nan_floats():
     for k in ("rmsd", "rmsd_raw", "param", "attack_kendall_tau"):
         assert frame[k].dtype == np.float64, k
     assert np.isnan(frame.loc[0, "rmsd_raw"]) and np.isnan(frame.loc[0, "param"]) and frame.loc[1, "param"] == 3.0
+    assert np.isnan(frame.loc[0, "attack_kendall_tau"]) and frame.loc[1, "rmsd_raw"] == 2.0
     assert frame["p_clean"].tolist()[0] == 0.8 and frame["p_adv"].tolist()[0] == 0.3  # |A| = 1: label 1
     assert np.isnan(frame.loc[1, "p_clean"]) and np.isnan(frame.loc[1, "p_adv"])
