@@ -91,9 +91,13 @@ def collect(mutants: Path, equivalents: dict[str, tuple[str, str]]):
     return rows, survivors, equivalent, stale
 
 
+def judged(count: Counter) -> int:
+    """Mutants with a verdict that counts: killed, or missed (survived, no test reached it, suspicious)."""
+    return count["killed"] + count["survived"] + count["no tests"] + count["suspicious"]
+
+
 def ratio(count: Counter) -> float:
-    judged = count["killed"] + count["survived"] + count["no tests"] + count["suspicious"] + count["not checked"]
-    return count["killed"] / judged if judged else 1.0
+    return count["killed"] / judged(count) if judged(count) else float("nan")
 
 
 def render(rows, survivors, equivalent, stale, selection: str) -> str:
@@ -109,8 +113,13 @@ def render(rows, survivors, equivalent, stale, selection: str) -> str:
         "are listed at the end with the reason and are not counted. Mutants of message wording are counted like",
         "any other (`tests/test_errors.py` checks the key phrase of each message, not every word).",
         "",
-        f"**Kill ratio over the non-equivalent mutants: {ratio(total):.1%}** "
-        f"({total['killed']} of {total['killed'] + total['survived'] + total['no tests'] + total['suspicious'] + total['not checked']}).",
+        f"**Kill ratio over the checked non-equivalent mutants: {ratio(total):.1%}** "
+        f"({total['killed']} of {judged(total)}; {total['not checked']} mutants not checked yet"
+        + (": the run was stopped before their turn, and a module with unchecked mutants has no final ratio)."
+           if total["not checked"] else ")."),
+        "",
+        "Complete modules (every mutant checked): "
+        + (", ".join(f"`{m}` {ratio(c):.1%}" for m, c in rows if not c["not checked"]) or "none") + ".",
         "",
         "| module | mutants | " + " | ".join(cols) + " | kill ratio |",
         "| --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |",
@@ -120,7 +129,7 @@ def render(rows, survivors, equivalent, stale, selection: str) -> str:
                      + f" | {ratio(c):.1%} |")
     lines += ["", "## Survivors", "",
               "Each is a change no test noticed: the next test to write, or an equivalence to argue.", ""]
-    lines += [f"- `{k}` ({st}): `{ln}`" for k, st, ln in survivors] or ["None."]
+    lines += [f"- `{k}` ({st}): `{ln}`" for k, st, ln in survivors if st != "not checked"] or ["None."]
     lines += ["", "## Equivalent mutants", ""]
     lines += [f"- `{k}`: `{ln}`: {why}" for k, ln, why in equivalent] or ["None."]
     if stale:
@@ -144,9 +153,12 @@ def main(argv=None) -> int:
     selection = "`pytest " + " ".join(conf.get("pytest_add_cli_args_test_selection", [])) + "`"
     args.out.write_text(render(rows, survivors, equivalent, stale, selection), encoding="utf-8")
     total = sum((c for _, c in rows), Counter())
-    print(f"{args.out}: kill ratio {ratio(total):.1%}, {len(survivors)} survivors, {len(equivalent)} equivalent"
+    missed = sum(st != "not checked" for _, st, _ in survivors)
+    print(f"{args.out}: kill ratio {ratio(total):.1%} of {judged(total)} checked, {missed} missed, "
+          f"{total['not checked']} not checked, {len(equivalent)} equivalent"
           + (f", {len(stale)} stale equivalences" if stale else ""))
-    return 0 if ratio(total) >= args.min_ratio else 1
+    complete = not total["not checked"]
+    return 0 if complete and ratio(total) >= args.min_ratio else 1
 
 
 if __name__ == "__main__":
