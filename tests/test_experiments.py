@@ -443,7 +443,8 @@ def test_barrier_waits_only_with_several_processes(monkeypatch):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("device, backend, want", [("cpu", "gloo", "cpu"), ("cuda", "nccl", "cuda:3")])
+@pytest.mark.parametrize("device, backend, want", [("cpu", "gloo", "cpu"), ("cuda", "nccl", "cuda:3"),
+                                                   ("xpu", "nccl", "xpu:3")])
 def test_dist_context_joins_torchruns_group_with_the_backend_of_the_device(monkeypatch, device, backend, want):
     import torch.distributed as dist
 
@@ -466,3 +467,15 @@ def test_dist_context_is_one_process_without_torchrun(monkeypatch):
     assert E.dist_context(torch.device("cpu")) == (0, 1, torch.device("cpu"), False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert E.dist_context(torch.device("cpu")) == (0, 1, torch.device("cpu"), False)
+
+
+@pytest.mark.unit
+def test_dist_context_without_local_rank_uses_device_zero(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert E.dist_context(torch.device("cuda"))[2] == torch.device("cuda", 0)

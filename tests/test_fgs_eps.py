@@ -120,6 +120,7 @@ def test_scenario_eps_prefers_fully_met_images_even_when_another_eps_meets_more_
     assert pick_scenario(n_met, torch.tensor([1, 10])) == 0
     assert pick_scenario(torch.tensor([[1, 1], [3, 9]]), torch.tensor([1, 10])) == 1  # tie on full: total
     assert pick_scenario(torch.tensor([[1, 1], [5, 5]]), torch.tensor([1, 10])) == 0  # full tie: smaller ε
+    assert pick_scenario(torch.tensor([[0, 1]]), torch.tensor([1])) == 1  # the only fully met ε, total 1
 
 
 @pytest.mark.unit
