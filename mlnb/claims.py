@@ -30,11 +30,10 @@ import pandas as pd
 
 from .claims_stats import (N_BOOT, STATES, TOL, ClaimData, Est, NotTestable, bin_index, is_records,  # noqa: F401
                            conjunction, decide, holds_value, margin, overlap)
-from .presets import ATTACK_NAMES
+from .presets import ATTACK_NAMES, ROW_TITLES
 from .store import COLUMNS as METRIC_COLUMNS  # records key -> table column
 
 COLUMNS = ("section", "claim", "measured", "state", "holds", "reason")
-NAMES = {"fgs": "FGS", "fg": "FG", "ml_cw": "ML-CW", "ml_dp": "ML-DP", "rank1": "Rank I", "rank2": "Rank II"}
 GENERAL, SPECIFIED = ("random", "extreme"), ("reduce", "augment")
 RANKING = {"ranking_loss": "<", "map": ">", "auc": ">", "kendall_tau_b": ">"}  # the better direction
 LABELS = {**METRIC_COLUMNS, "abs_half": "|p_adv - 0.5|", "margin": "margin past 0.5"}
@@ -49,10 +48,10 @@ def _vs(d: ClaimData, s: str, a: str, b: str, key: str, op: str) -> tuple:
     (ea, eb), dropped = d.means(s, (a, b), key)
     delta = ea - eb
     state = decide(delta, op, -TOL if op == "<" else TOL)
-    text = f"{s} {LABELS[key]}: {NAMES[a]} {ea.text()} vs {NAMES[b]} {eb.text()}"
+    text = f"{s} {LABELS[key]}: {ROW_TITLES[a]} {ea.text()} vs {ROW_TITLES[b]} {eb.text()}"
     text += "" if delta.is_point else f" (diff {delta.text()})"
     text += f" ({dropped} rmsd-0 images dropped)" if dropped else ""
-    return f"{s} {LABELS[key]} {NAMES[a]} {op} {NAMES[b]}", state, text
+    return f"{s} {LABELS[key]} {ROW_TITLES[a]} {op} {ROW_TITLES[b]}", state, text
 
 
 def _best(d, s, a, key, op, rivals=None) -> list:
@@ -94,8 +93,8 @@ def _iv_claims():
         ratio = [x / y for x, y in zip(e, r)]
         out = []
         for j in (1, 2):
-            lab, st, _ = _bound(f"{NAMES[atk[j]]} - ML-CW growth", ratio[j] - ratio[0], "<", -TOL)
-            out.append((lab, st, f"extreme/random RMSD: {NAMES[atk[j]]} {ratio[j].text()} vs ML-CW {ratio[0].text()}"
+            lab, st, _ = _bound(f"{ROW_TITLES[atk[j]]} - ML-CW growth", ratio[j] - ratio[0], "<", -TOL)
+            out.append((lab, st, f"extreme/random RMSD: {ROW_TITLES[atk[j]]} {ratio[j].text()} vs ML-CW {ratio[0].text()}"
                         + (f" ({rd} + {ed} rmsd-0 images dropped)" if rd + ed else "")))
         return out
 
@@ -105,7 +104,7 @@ def _iv_claims():
 
     def fgs_fg_fail(d):
         """"Two one-step methods FG and FGS do not perform well": Hamming(A) >= 0.5 in both cases."""
-        return [_bound(f"{s} {NAMES[a]} Hamming(A)", d.means(s, (a,), "hamming_A")[0][0], ">=", 0.5)
+        return [_bound(f"{s} {ROW_TITLES[a]} Hamming(A)", d.means(s, (a,), "hamming_A")[0][0], ">=", 0.5)
                 for a in ("fgs", "fg") for s in GENERAL]
 
     def cw_best_f1(d):
@@ -116,8 +115,8 @@ def _iv_claims():
         for b in (x for x in ATTACK_NAMES if x != "ml_cw"):
             (cr, br), (ce, be) = (d.means(s, ("ml_cw", b), "f1")[0] for s in GENERAL)
             cw, other = (cr + ce).scale(0.5), (br + be).scale(0.5)
-            lab, st, _ = _bound(f"ML-CW > {NAMES[b]}", cw - other, ">", TOL)
-            out.append((lab, st, f"mean F1 of both cases: ML-CW {cw.text()} vs {NAMES[b]} {other.text()}"))
+            lab, st, _ = _bound(f"ML-CW > {ROW_TITLES[b]}", cw - other, ">", TOL)
+            out.append((lab, st, f"mean F1 of both cases: ML-CW {cw.text()} vs {ROW_TITLES[b]} {other.text()}"))
         return out
 
     def r2_comparable_random(d):

@@ -8,9 +8,10 @@ import math
 
 import pandas as pd
 
+from .presets import ROW_TITLES
+
 # ----------------------------------------------------------------------------- Fig. 1 and sweeps (experiments)
 _STRATEGY_TITLES = {"reduce": "reduce", "augment": "augment"}
-_ATTACK_TITLES = {"fgs": "FGS", "fg": "FG", "ml_cw": "ML-CW", "ml_dp": "ML-DP", "rank1": "Rank I", "rank2": "Rank II"}
 
 
 def fig1_histograms(records: pd.DataFrame, *, label_names: dict | None = None, threshold: float = 0.5,
@@ -46,7 +47,7 @@ def fig1_histograms(records: pd.DataFrame, *, label_names: dict | None = None, t
             ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
             label = sub["label"].iloc[0] if len(sub) and "label" in sub else ""
             title = (label_names or {}).get(s, f"{_STRATEGY_TITLES.get(s, s)} {label}".strip())
-            ax.set_title(f"{_ATTACK_TITLES.get(a, a)}: {title}", fontsize=9)
+            ax.set_title(f"{ROW_TITLES.get(a, a)}: {title}", fontsize=9)
             ax.set_xlim(0, 1)
             ax.set_xlabel(f"P({label})" if i == len(strategies) - 1 else "")
             ax.set_ylabel("images" if j == 0 else "")

@@ -59,6 +59,9 @@ EXTRA_ROWS = {  # row name -> the attack it runs with the function's defaults
     "ml_dp_greedy": "ml_dp",  # linearised on logits, violated constraints only
 }
 ROW_NAMES = ATTACK_NAMES + tuple(EXTRA_ROWS)
+# how tables, figures and claims name each row
+ROW_TITLES = {"fgs": "FGS", "fg": "FG", "ml_cw": "ML-CW", "ml_dp": "ML-DP", "rank1": "Rank I", "rank2": "Rank II",
+              "fgs_per_image": "FGS, ε per image", "fg_per_image": "FG, ε per image", "ml_dp_greedy": "ML-DP, greedy"}
 
 
 def row_attack(row: str) -> str:

@@ -19,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+from .presets import ROW_TITLES
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-NAMES = {"fgs": "FGS", "fg": "FG", "ml_cw": "ML-CW", "ml_dp": "ML-DP", "rank1": "Rank I", "rank2": "Rank II",
-         "fgs_per_image": "FGS, ε per image", "fg_per_image": "FG, ε per image", "ml_dp_greedy": "ML-DP, greedy"}
-TABLE_COLUMNS = ("Success", "Hamming(A)", "Hamming(B)", "RMSD", "Clean")
+QUOTED_COLUMNS = (  # the columns of table.csv the README quotes
+    "Success", "Hamming(A)", "Hamming(B)", "RMSD", "Clean")
 
 
 def _metrics(results: Path, notebook: str) -> dict:
@@ -44,7 +45,7 @@ def collect(results: str | Path) -> dict:
     tables = {}
     for notebook, name in (("06_general_attacks", "table4_ci"), ("07_label_specified", "table5_ci")):
         if (results / notebook / f"{name}.csv").is_file():
-            tables[name] = [{k: r[k] for k in ("strategy", "attack", *TABLE_COLUMNS)}
+            tables[name] = [{k: r[k] for k in ("strategy", "attack", *QUOTED_COLUMNS)}
                             for r in _rows(results / notebook / f"{name}.csv")]
     claims = {name: [{"claim": r["claim"], "state": r["state"]} for r in _rows(results / notebook / f"{name}.csv")]
               for notebook, name in (("06_general_attacks", "claims4"), ("07_label_specified", "claims5"))
@@ -74,10 +75,10 @@ def collect(results: str | Path) -> dict:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    out = ["| case | attack | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|" + "---|" * len(TABLE_COLUMNS)]
+    out = ["| case | attack | " + " | ".join(QUOTED_COLUMNS) + " |", "|---|---|" + "---|" * len(QUOTED_COLUMNS)]
     for r in rows:
-        out.append(f"| {r['strategy']} | {NAMES.get(r['attack'], r['attack'])} | "
-                   + " | ".join(r[c] for c in TABLE_COLUMNS) + " |")
+        out.append(f"| {r['strategy']} | {ROW_TITLES.get(r['attack'], r['attack'])} | "
+                   + " | ".join(r[c] for c in QUOTED_COLUMNS) + " |")
     return out
 
 
