@@ -1,0 +1,82 @@
+"""The mutation report (``tests/mutation_report.py``) on a hand-made mutmut result folder."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mutation_report as MR  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+SOURCE = '''
+def x_f__mutmut_orig(a):
+    return a + 1
+
+def x_f__mutmut_1(a):
+    return a - 1
+
+def x_f__mutmut_2(a):
+    return a + 2
+
+def x_f__mutmut_3(a):
+    return a * 1
+
+def x_f__mutmut_4(a):
+    return a
+'''
+
+
+def _mutants(tmp_path: Path, codes: dict) -> Path:
+    root = tmp_path / "mutants" / "pkg"
+    root.mkdir(parents=True)
+    (root / "mod.py").write_text(SOURCE)
+    (root / "mod.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    return tmp_path / "mutants"
+
+
+def test_changed_line_and_equivalence_and_first_pass_survivors(tmp_path):
+    codes = {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 1, "pkg.mod.x_f__mutmut_3": 0,
+             "pkg.mod.x_f__mutmut_4": None}
+    mutants = _mutants(tmp_path, codes)
+    sources = MR.mutant_sources(mutants / "pkg" / "mod.py", "pkg.mod")
+    assert MR.changed_line(sources, "pkg.mod.x_f__mutmut_3") == "return a + 1  ->  return a * 1"
+    equivalents = {"pkg.mod.x_f__mutmut_3": ("return a + 1  ->  return a * 1", "same value")}
+    rows, survivors, equivalent, stale = MR.collect(mutants, equivalents)
+    (module, count), = rows
+    assert module == "pkg.mod" and count["killed"] == 2 and count["equivalent"] == 1 and count["not checked"] == 1
+    assert [k for k, *_ in equivalent] == ["pkg.mod.x_f__mutmut_3"] and not stale
+    # mutant 2 survived the sample's first run: it counts as missed although it is killed now
+    sample = {"pkg.mod.x_f__mutmut_1": False, "pkg.mod.x_f__mutmut_2": True, "pkg.mod.x_f__mutmut_3": False}
+    sc = MR.sample_counts(mutants, equivalents, sample)["pkg.mod"]
+    assert (sc["killed"], sc["survived"], sc["equivalent"]) == (1, 1, 1)
+    assert MR.ratio(sc) == 0.5
+
+
+def test_stale_equivalence_is_not_subtracted(tmp_path):
+    mutants = _mutants(tmp_path, {"pkg.mod.x_f__mutmut_3": 0})
+    rows, survivors, equivalent, stale = MR.collect(mutants, {"pkg.mod.x_f__mutmut_3": ("old line", "why")})
+    assert not equivalent and stale and survivors[0][1] == "survived"
+
+
+def test_lower_bound_is_clopper_pearson():
+    assert MR.lower_bound(90, 90) == pytest.approx(0.05 ** (1 / 90))  # all killed: alpha^(1/n)
+    assert MR.lower_bound(0, 10) == 0.0
+    assert 0.85 < MR.lower_bound(95, 100) < 0.95 and MR.lower_bound(95, 100) < MR.lower_bound(99, 100)
+
+
+def test_exit_status_needs_every_sampled_module_bounded(tmp_path, monkeypatch):
+    codes = {f"pkg.mod.x_f__mutmut_{i}": 1 for i in (1, 2)} | {"pkg.mod.x_f__mutmut_3": None}
+    mutants = _mutants(tmp_path, codes)
+    sample = tmp_path / "sample.txt"
+    sample.write_text("# comment\npkg.mod.x_f__mutmut_1\npkg.mod.x_f__mutmut_2\n")
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the report reads pyproject.toml's test selection
+    args = ["--mutants", str(mutants), "--sample", str(sample), "--equivalent", str(tmp_path / "none.txt"),
+            "--out", str(tmp_path / "M.md")]
+    # two of two sampled killed: the lower bound (0.05 ** 0.5 = 0.22) is below 0.9 -> exit 1
+    assert MR.main(args) == 1
+    assert "Estimates for the modules not checked to the end" in (tmp_path / "M.md").read_text()
+    assert MR.main(args + ["--min-ratio", "0.2"]) == 0
