@@ -13,7 +13,7 @@ STAMP := $(VENV)/.mlnb-installed
 # the test suite keeps its data cache and results out of the user's data/ and results/
 TEST_ENV := MLNB_DATA=$(CURDIR)/build/test-data MLNB_RESULTS=$(CURDIR)/build/test-results
 
-.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep mutate strip clean
+.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep mutate mutate-sample strip clean
 
 help:
 	@echo "make run      - set up .venv and execute every notebook (PRESET=$(PRESET)); results in results/"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench    - benchmark suite -> benchmarks/results/"
 	@echo "make sweep    - papermill parameter sweep example (see README)"
 	@echo "make mutate   - mutation testing of the kernels (mutmut) -> docs/MUTATION.md (hours on 2 cores; cached)"
+	@echo "make mutate-sample - only the random sample of docs/mutation-sample.txt (about an hour on 2 cores)"
 	@echo "make strip    - strip outputs from notebooks/ before committing"
 
 $(STAMP): pyproject.toml
@@ -67,6 +68,9 @@ MUTANTS ?=
 mutate: $(STAMP)
 	$(TEST_ENV) MLNB_RESULTS=$(CURDIR)/build/mutate-results OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS) || true
 	$(BIN)/python tests/mutation_report.py --out docs/MUTATION.md
+
+mutate-sample: $(STAMP)
+	$(MAKE) mutate MUTANTS="$$(grep -v '^#' docs/mutation-sample.txt | cut -d' ' -f1 | tr '\n' ' ')"
 
 strip:
 	$(BIN)/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb
