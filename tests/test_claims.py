@@ -423,3 +423,51 @@ def test_claims_from_a_table_read_the_data_set_they_are_given():
         alone = fn(other)
         pd.testing.assert_frame_equal(fn(both, "other"), alone)
         assert not fn(both)["measured"].equals(alone["measured"])  # the default is the first data set
+
+
+# ----------------------------------------------------------------------------- found by the mutation sample
+@pytest.mark.unit
+def test_fig1_overlap_uses_twenty_bins_of_width_005():
+    """0.52 and 0.54 share the bin [0.50, 0.55) of Fig. 1's 20 bins (21 bins would split them)."""
+    w = setv(setv(world(), "reduce", "rank1", "p_clean", 0.52), "reduce", "rank1", "p_adv", 0.54)
+    r = row(w, "r1_overlap")
+    assert "reduce Rank I overlap 1.0000" in r["measured"]
+
+
+@pytest.mark.unit
+def test_sections_name_the_attack_the_claim_is_about_and_the_default_seed_is_zero():
+    five = C.table5_claims(world(), n_boot=200)
+    assert five["section"].tolist() == ["IV-G ML-CW"] * 2 + ["IV-G Rank I"] * 3 + ["IV-G Rank II"] * 3
+    four = C.table4_claims(world(), n_boot=200)
+    assert four["section"].str.startswith("IV-F ").all()
+    assert four.equals(C.table4_claims(world(), n_boot=200, seed=0))
+    assert not four.equals(C.table4_claims(world(), n_boot=200, seed=1))
+    w = straddle(world(), "reduce", "rank2", "ml_cw", "rmsd")  # an interval whose ends show the resampling
+    assert C.table5_claims(w, n_boot=200).equals(C.table5_claims(w, n_boot=200, seed=0))
+    assert not C.table5_claims(w, n_boot=200).equals(C.table5_claims(w, n_boot=200, seed=1))
+
+
+@pytest.mark.unit
+def test_table4_claims_read_as_the_paper_words_them():
+    """The claim column is what the README and notebook 07 quote: its sections and texts, in order."""
+    t = C.table4_claims(world(), n_boot=200)
+    assert list(zip(t["section"], t["claim"])) == [
+        ("IV-F distortion", "ML-CW has the smallest RMSD in the random case"),
+        ("IV-F distortion", "ML-CW needs a larger RMSD than Rank I and Rank II in the extreme case"),
+        ("IV-F distortion", "Rank I and Rank II's RMSD are stable across the cases (less growth than ML-CW's)"),
+        ("IV-F distortion", "ML-DP has the largest RMSD in every case"),
+        ("IV-F classification", "FGS and FG fail to flip A (Hamming(A) >= 0.5 in both cases)"),
+        ("IV-F classification", "ML-CW performs best on classification (highest F1 over both cases)"),
+        ("IV-F classification", "Rank II is comparable to ML-CW in the random case (F1 within 0.1)"),
+        ("IV-F classification", "Rank II is worse than ML-CW in the extreme case (F1)"),
+        ("IV-F classification", "Rank II beats Rank I in the random case (F1)"),
+        ("IV-F classification", "Rank II is no better than Rank I in the extreme case (F1)"),
+        ("IV-F ranking", "FGS and FG rank poorly (higher ranking loss than each of ML-CW, Rank I and Rank II)"),
+        ("IV-F ranking", "Rank II is best on the ranking metrics (ranking loss, mAP, AUC, Kendall tau-b)"),
+        ("IV-F ranking", "Rank II has a higher Kendall tau-b than Rank I in the random case"),
+        ("IV-F ranking", "Rank II has a higher Kendall tau-b than Rank I in the extreme case"),
+    ]
+    # the difference shown is ML-CW minus Rank II; without clean-image fallbacks nothing is said dropped
+    cw, r2 = (vals(world(), "random", a, "f1").mean() for a in ("ml_cw", "rank2"))
+    assert f"ML-CW - Rank II {cw - r2:.4f} [" in t.loc[6, "measured"]
+    assert not t["measured"].str.contains("dropped").any()

@@ -479,3 +479,66 @@ def test_dist_context_without_local_rank_uses_device_zero(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert E.dist_context(torch.device("cuda"))[2] == torch.device("cuda", 0)
+
+
+# ----------------------------------------------------------------------------- found by the mutation sample
+# (docs/mutation-sample.txt): the draw's documented seeding, and what run_experiment hands each part
+
+@pytest.mark.unit
+def test_draw_targets_follows_its_documented_seeding():
+    """The targets come from a generator seeded by (seed, dataset, strategy, "target"), the draw from a
+    permutation seeded by (seed, dataset, strategy, "draw"): rebuilt here from that recipe."""
+    from mlnb.labels import make_target
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.rand(40, 6, generator=g) < 0.5
+    X = torch.arange(0, 40, 2)
+    for seed, dataset, strategy in ((0, "animals", "random"), (5, "voc2007", "random"), (5, "voc2007", "extreme")):
+        idx, A, B, n_el = E.draw_targets(y, X, strategy, 6, seed=seed, dataset=dataset)
+        t = make_target(strategy, y[X], generator=torch.Generator().manual_seed(
+            E.derive_seed(seed, dataset, strategy, "target")))
+        el = t.eligible.nonzero().flatten()
+        perm = torch.randperm(len(el), generator=torch.Generator().manual_seed(
+            E.derive_seed(seed, dataset, strategy, "draw")))
+        pick = el[perm[:6]].sort().values
+        assert n_el == len(el) and torch.equal(idx, X[pick])
+        assert torch.equal(A, t.A[pick]) and torch.equal(B, t.B[pick])
+
+
+@pytest.mark.unit
+def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkeypatch):
+    """Defaults (device "auto", n from the preset), the rank and device given to _load, the progress bar
+    on rank 0 only, progress=False to the attack (the runner draws its own bars) and the stored image ids."""
+    from mlnb import attacks
+
+    seen = {"load": [], "bar": [], "progress": []}
+    load, bar = E._load, E._bar
+
+    def spy_load(*args, **kwargs):
+        seen["load"].append(args)
+        return load(*args, **kwargs)
+
+    def spy_bar(items, enabled, desc):
+        seen["bar"].append(enabled)
+        return bar(items, False, desc)
+
+    fake = _fake_attack(0.0)
+
+    def attack(model, x, y, A, B, *, generator=None, progress=True, **kw):
+        seen["progress"].append(progress)
+        return fake(model, x, y, A, B, generator=generator, progress=progress, **kw)
+
+    monkeypatch.setattr(E, "_load", spy_load)
+    monkeypatch.setattr(E, "_bar", spy_bar)
+    monkeypatch.setitem(attacks.ATTACKS, "ml_dp", attack)
+    res = E.run_experiment("smoke", "ml_dp", "random", out_dir=tmp_path)  # default device and n
+    preset = get_preset("smoke")
+    (args,) = seen["load"]
+    assert args[2] == E.resolve_device("auto") and args[4:6] == (0, 1)  # device, rank 0 of 1 process
+    assert seen["bar"] == [True] and seen["progress"] and not any(seen["progress"])
+    n = len(res.records)
+    assert n == min(preset.n_general, res.eligible[("animals", "random")])
+    ds = load(preset, "animals", "cpu", False, 0, 1)[1]
+    assert list(res.records["image_id"]) == [ds.ids[i] for i in res.records["index"]]
+    with pytest.raises(ValueError, match="^unknown strategy 'bogus'"):
+        E.run_experiment("smoke", "ml_dp", "bogus", out_dir=tmp_path)

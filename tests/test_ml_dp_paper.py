@@ -254,3 +254,28 @@ def test_paper_form_validation_and_defaults():
     with pytest.raises(ValueError, match="max_iter"):  # greedy: at least one step
         attacks.ml_dp(model, x, y, A, ~A, max_iter=0, progress=False)
     attacks.check_params("ml_dp", {"form": "paper", "overshoot": 0.0})
+
+
+# ----------------------------------------------------------------------------- found by the mutation sample
+def test_a_zero_weight_row_is_left_out_not_kept_as_an_unweighted_constraint():
+    """Row 2 (not orthogonal to row 1) has weight 0: the answer is row 1's alone, (1, 0), and not the
+    solution that also keeps Δr orthogonal to row 2, (1, -1)."""
+    M = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)
+    step = min_norm_step(M, torch.tensor([[1.0, 5.0]]), torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(step, torch.tensor([[1.0, 0.0]], dtype=torch.float64), atol=1e-12)
+
+
+def test_ml_dp_counts_iterations_as_integers_and_its_kernel_defaults_to_the_greedy_form():
+    from mlnb.attack_core import Runtime
+    from mlnb.attack_deepfool import deepfool
+
+    model, x, _ = _linear(W_GEN, Z_GEN)
+    y = torch.tensor([[True, False, True]])
+    A, B = torch.tensor([[True, True, False]]), torch.tensor([[False, False, True]])
+    res = attacks.ml_dp(model, x, y, A, B, progress=False)
+    assert res.iterations.dtype == torch.int64 and int(res.iterations[0]) >= 1
+    rt = Runtime(model, None, False, None)
+    kw = dict(max_iter=5, overshoot=0.02, bar=type("Bar", (), {"update": lambda self, n: None})())
+    default, greedy = deepfool(rt, x, y ^ A, A | B, **kw), deepfool(rt, x, y ^ A, A | B, form="greedy", **kw)
+    assert default["iterations"].dtype == torch.int64
+    assert torch.equal(default["x_adv"], greedy["x_adv"]) and torch.equal(default["iterations"], greedy["iterations"])
