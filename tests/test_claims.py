@@ -471,3 +471,15 @@ def test_table4_claims_read_as_the_paper_words_them():
     cw, r2 = (vals(world(), "random", a, "f1").mean() for a in ("ml_cw", "rank2"))
     assert f"ML-CW - Rank II {cw - r2:.4f} [" in t.loc[6, "measured"]
     assert not t["measured"].str.contains("dropped").any()
+
+
+@pytest.mark.unit
+def test_measured_text_joins_parts_and_summarises_long_lists():
+    """Up to MAX_SHOWN comparisons are shown joined by "; "; beyond that only a count and the failing ones."""
+    t = C.table4_claims(world(), n_boot=200)
+    first = t.loc[0, "measured"].split("; ")
+    assert len(first) == 5 and all(p.startswith("random RMSD: ML-CW ") for p in first)  # vs the other five
+    assert t.loc[3, "measured"] == "10 of 10 comparisons hold"
+    w = setv(world(), "random", "ml_dp", "rmsd", 0.5)  # ML-DP now smallest in the random case
+    measured = row(w, "dp_largest")["measured"]
+    assert measured.startswith("5 of 10 comparisons hold; random RMSD: ML-DP ") and measured.count("; ") == 5

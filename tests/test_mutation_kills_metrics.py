@@ -244,3 +244,13 @@ def test_kendall_tau_b_of_half_precision_logits_with_many_labels(dtype):
     want = M.kendall_tau_b(z.double(), y_tau).item()
     got = M.kendall_tau_b(z.to(dtype), y_tau)
     assert got.dtype == dtype and got.item() == pytest.approx(want, rel=1e-2)
+
+
+def test_average_precision_keeps_the_scores_dtype():
+    """Precision is computed in the scores' own floating dtype (half stays half, double stays double)."""
+    s = torch.tensor([[0.9, 0.2, 0.5, 0.4], [0.1, 0.7, 0.3, 0.6]])
+    y = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    want = M.average_precision(s.double(), y)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        ap = M.average_precision(s.to(dtype), y)
+        assert ap.dtype == dtype and torch.allclose(ap.double(), want, atol=1e-2)
