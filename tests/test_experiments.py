@@ -542,3 +542,16 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
     assert list(res.records["image_id"]) == [ds.ids[i] for i in res.records["index"]]
     with pytest.raises(ValueError, match="^unknown strategy 'bogus'"):
         E.run_experiment("smoke", "ml_dp", "bogus", out_dir=tmp_path)
+
+
+@pytest.mark.unit
+def test_run_chunk_stores_the_attacks_own_fields_under_their_names():
+    model = _Saturated().eval()
+    x = torch.zeros(2, 1, 2, 2)
+    y = torch.tensor([[False, False, False]] * 2)
+    A = torch.tensor([[True, False, False]] * 2)
+    recs = E._run_chunk(_fake_attack(0.0), model, x, y, A, ~A, {}, (0,), None)
+    for r in recs:
+        assert (r["attack_success"], r["n_satisfied"], r["iterations"]) == (True, 3, 1)
+        assert math.isnan(r["param"]) and r["attack_kendall_tau"] == 0.0
+        assert r["projected"] is False and r["rmsd_raw"] == 0.0
