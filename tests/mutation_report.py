@@ -17,8 +17,8 @@ lower bound.
 
     python tests/mutation_report.py [--mutants mutants] [--out docs/MUTATION.md] [--min-ratio 0.9]
 
-Exit status 1 unless every module's kill ratio (or, for a sampled module, the lower bound of its
-estimate) over the non-equivalent mutants is at least ``--min-ratio``.
+Exit status 1 unless every module's kill ratio over the non-equivalent mutants (for a sampled module,
+the estimate of its latest round, from at least ``MIN_SAMPLE`` judged mutants) is at least ``--min-ratio``.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
+MIN_SAMPLE = 50  # judged mutants a sampled module needs before its estimate counts
 KILLED = {1, 3, -9, -11, 36, 24, -24, 152, 255, 37}  # a failing test, a timeout or a crash: the mutant was noticed
 STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", None: "not checked"}
 NAME = re.compile(r"^(?P<func>.+)__mutmut_(?P<n>orig|\d+)$")
@@ -99,21 +100,23 @@ def collect(mutants: Path, equivalents: dict[str, tuple[str, str]]):
     return rows, survivors, equivalent, stale
 
 
-def read_sample(path: Path) -> dict[str, bool]:
-    """``{name: survived_first_pass}`` from the sample file (``#`` comment lines allowed)."""
-    out = {}
+def read_sample(path: Path) -> list[dict[str, bool]]:
+    """The sample's rounds, each ``{name: survived_first_pass}``: a line ``@round`` starts the next round
+    (a fresh sample drawn after the tests that the previous round's survivors asked for); ``#`` comments."""
+    rounds: list[dict[str, bool]] = [{}]
     if path.is_file():
         for raw in path.read_text(encoding="utf-8").splitlines():
-            if raw.strip() and not raw.lstrip().startswith("#"):
+            if raw.strip().startswith("@round"):
+                rounds.append({})
+            elif raw.strip() and not raw.lstrip().startswith("#"):
                 name, _, mark = (p.strip() for p in raw.partition(" || "))
-                out[name] = mark == "survived"
-    return out
+                rounds[-1][name] = mark == "survived"
+    return [r for r in rounds if r]
 
 
 def sample_counts(mutants: Path, equivalents, sample: dict[str, bool]) -> dict[str, Counter]:
-    """Per module, the verdicts of its sampled mutants (first-pass survivors count as survived)."""
+    """Per module, the verdicts of one round's sampled mutants (first-pass survivors count as survived)."""
     out: dict[str, Counter] = {}
-    verdicts = {}
     for meta in sorted(mutants.glob("**/*.py.meta")):
         module = ".".join(meta.relative_to(mutants).with_suffix("").with_suffix("").parts)
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -125,10 +128,21 @@ def sample_counts(mutants: Path, equivalents, sample: dict[str, bool]) -> dict[s
                     st = "equivalent"
                 elif st == "killed" and sample[key]:
                     st = "survived"
-                verdicts[key] = (module, st)
-    for key, (module, st) in verdicts.items():
-        out.setdefault(module, Counter())[st] += 1
+                out.setdefault(module, Counter())[st] += 1
     return out
+
+
+def latest_rounds(mutants: Path, equivalents, rounds: list[dict[str, bool]]):
+    """``(estimates, history)``: ``{module: (round, counts)}`` of the latest round that sampled each
+    module, and ``[(round, module, counts)]`` of the rounds before it."""
+    estimates: dict[str, tuple[int, Counter]] = {}
+    history: list[tuple[int, str, Counter]] = []
+    for i, rnd in enumerate(rounds, 1):
+        for module, c in sample_counts(mutants, equivalents, rnd).items():
+            if module in estimates:
+                history.append((*estimates[module][:1], module, estimates[module][1]))
+            estimates[module] = (i, c)
+    return estimates, history
 
 
 def lower_bound(killed: int, n: int, confidence: float = 0.95) -> float:
@@ -150,7 +164,17 @@ def ratio(count: Counter) -> float:
     return count["killed"] / judged(count) if judged(count) else float("nan")
 
 
-def render(rows, survivors, equivalent, stale, selection: str, sampled: dict[str, Counter]) -> str:
+def _sample_table(items) -> list[str]:
+    out = ["| module | round | sampled | killed | missed | not run yet | equivalent | estimate | 95% lower bound |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, i, c in items:
+        n, k = judged(c), c["killed"]
+        out.append(f"| {m} | {i} | {sum(c.values())} | {k} | {n - k} | {c['not checked']} | {c['equivalent']} | "
+                   f"{ratio(c):.1%} | {lower_bound(k, n):.1%} |")
+    return out
+
+
+def render(rows, survivors, equivalent, stale, selection: str, sampled) -> str:
     total = sum((c for _, c in rows), Counter())
     cols = ["killed", "survived", "no tests", "not checked", "equivalent", "skipped"]
     lines = [
@@ -177,19 +201,20 @@ def render(rows, survivors, equivalent, stale, selection: str, sampled: dict[str
     for module, c in rows + [("**all**", total)]:
         lines.append(f"| {module} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in cols)
                      + f" | {ratio(c):.1%} |")
-    partial = [(m, sampled.get(m, Counter())) for m, c in rows if c["not checked"]]
+    estimates, history = sampled
+    partial = [(m, *estimates.get(m, (0, Counter()))) for m, c in rows if c["not checked"]]
     if partial:
         lines += ["", "## Estimates for the modules not checked to the end", "",
                   "A full run of these modules is hours on 2 cores. Each gets a uniform random sample of its mutants",
                   "(`docs/mutation-sample.txt`). A sampled mutant that survived its first run counts as missed even",
                   "if a test written afterwards kills it now, so the estimate describes the suite as it was sampled.",
-                  "The bound is a one-sided 95% Clopper-Pearson lower bound on the kill ratio of the module.", "",
-                  "| module | sampled | killed | missed | not run yet | equivalent | estimate | 95% lower bound |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for m, c in partial:
-            n, k = judged(c), c["killed"]
-            lines.append(f"| {m} | {sum(c.values())} | {k} | {n - k} | {c['not checked']} | {c['equivalent']} | "
-                         f"{ratio(c):.1%} | {lower_bound(k, n):.1%} |")
+                  "Where a round's survivors led to new tests, a fresh sample (a later round, drawn from the mutants",
+                  "no earlier round had) measures the suite with them; earlier rounds are kept in the history below.",
+                  "The bound is a one-sided 95% Clopper-Pearson lower bound on the kill ratio of the module.", ""]
+        lines += _sample_table([(m, i, c) for m, i, c in partial])
+        if history:
+            lines += ["", "History (earlier rounds of the same modules):", ""]
+            lines += _sample_table([(m, i, c) for i, m, c in history])
     lines += ["", "## Survivors", "",
               "Each is a change no test noticed: the next test to write, or an equivalence to argue.", ""]
     lines += [f"- `{k}` ({st}): `{ln}`" for k, st, ln in survivors if st != "not checked"] or ["None."]
@@ -213,7 +238,7 @@ def main(argv=None) -> int:
         ap.error(f"no mutmut results under {args.mutants}/: run `make mutate` (it runs `mutmut run` first)")
     equivalents = read_equivalents(args.equivalent)
     rows, survivors, equivalent, stale = collect(args.mutants, equivalents)
-    sampled = sample_counts(args.mutants, equivalents, read_sample(args.sample))
+    sampled = latest_rounds(args.mutants, equivalents, read_sample(args.sample))
     import tomllib
     conf = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]
     selection = "`pytest " + " ".join(conf.get("pytest_add_cli_args_test_selection", [])) + "`"
@@ -226,11 +251,11 @@ def main(argv=None) -> int:
     ok = True
     for module, c in rows:
         if c["not checked"]:
-            sc = sampled.get(module, Counter())
+            i, sc = sampled[0].get(module, (0, Counter()))
             bound = lower_bound(sc["killed"], judged(sc))
-            print(f"  {module}: sampled estimate {ratio(sc):.1%} (lower bound {bound:.1%}) of {judged(sc)}, "
+            print(f"  {module}: round {i} estimate {ratio(sc):.1%} (lower bound {bound:.1%}) of {judged(sc)}, "
                   f"{sc['not checked']} sampled not run yet")
-            ok &= judged(sc) > 0 and not sc["not checked"] and bound >= args.min_ratio
+            ok &= judged(sc) >= MIN_SAMPLE and not sc["not checked"] and ratio(sc) >= args.min_ratio
         else:
             ok &= ratio(c) >= args.min_ratio
     return 0 if ok else 1

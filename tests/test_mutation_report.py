@@ -68,7 +68,20 @@ def test_lower_bound_is_clopper_pearson():
     assert 0.85 < MR.lower_bound(95, 100) < 0.95 and MR.lower_bound(95, 100) < MR.lower_bound(99, 100)
 
 
-def test_exit_status_needs_every_sampled_module_bounded(tmp_path, monkeypatch):
+def test_the_latest_round_is_the_estimate_and_earlier_rounds_are_history(tmp_path):
+    codes = {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 1, "pkg.mod.x_f__mutmut_4": None}
+    mutants = _mutants(tmp_path, codes)
+    sample = tmp_path / "sample.txt"
+    sample.write_text("# comment\npkg.mod.x_f__mutmut_1 || survived\n@round 2\npkg.mod.x_f__mutmut_2\n")
+    rounds = MR.read_sample(sample)
+    assert rounds == [{"pkg.mod.x_f__mutmut_1": True}, {"pkg.mod.x_f__mutmut_2": False}]
+    estimates, history = MR.latest_rounds(mutants, {}, rounds)
+    (i, c), = estimates.values()
+    assert i == 2 and c["killed"] == 1 and not c["survived"]
+    assert [(r, m, h["survived"]) for r, m, h in history] == [(1, "pkg.mod", 1)]
+
+
+def test_exit_status_needs_a_large_enough_fully_run_sample_per_module(tmp_path, monkeypatch):
     codes = {f"pkg.mod.x_f__mutmut_{i}": 1 for i in (1, 2)} | {"pkg.mod.x_f__mutmut_3": None}
     mutants = _mutants(tmp_path, codes)
     sample = tmp_path / "sample.txt"
@@ -76,7 +89,9 @@ def test_exit_status_needs_every_sampled_module_bounded(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).parent.parent)  # the report reads pyproject.toml's test selection
     args = ["--mutants", str(mutants), "--sample", str(sample), "--equivalent", str(tmp_path / "none.txt"),
             "--out", str(tmp_path / "M.md")]
-    # two of two sampled killed: the lower bound (0.05 ** 0.5 = 0.22) is below 0.9 -> exit 1
-    assert MR.main(args) == 1
+    assert MR.main(args) == 1  # two of two killed, but a sample of 2 < MIN_SAMPLE
     assert "Estimates for the modules not checked to the end" in (tmp_path / "M.md").read_text()
-    assert MR.main(args + ["--min-ratio", "0.2"]) == 0
+    monkeypatch.setattr(MR, "MIN_SAMPLE", 2)
+    assert MR.main(args) == 0
+    sample.write_text("pkg.mod.x_f__mutmut_1\npkg.mod.x_f__mutmut_3\n")  # a sampled mutant not run yet
+    assert MR.main(args) == 1
