@@ -379,3 +379,48 @@ def test_ml_cw_logit_hinge_moves_labels_the_saturated_probability_hinge_cannot()
     assert z[0] < 0 and z[1] < 0
     with pytest.raises(ValueError, match="unknown hinge_space"):
         attacks.ml_cw(model, x, y, A, B, hinge_space="logits", **kw)
+
+
+# ----------------------------------------------------------------------------- found by the mutation sample
+@pytest.mark.parametrize("variant", ["ml_cw", "rank1", "rank2"])
+def test_the_accelerator_path_gives_the_cpu_paths_examples(problems, results, variant, monkeypatch):
+    """The search driver decides on the host on CPU and branch-free elsewhere (no sync per step);
+    forced onto the branch-free path here, it returns the same examples."""
+    from mlnb import attack_search
+
+    monkeypatch.setattr(attack_search, "HOST_DECISIONS", False)
+    branch_free, host = _call(problems, variant), results[variant]
+    assert torch.allclose(branch_free.x_adv, host.x_adv, atol=1e-6), variant
+    for field in ("success", "n_satisfied", "iterations"):
+        assert torch.equal(getattr(branch_free, field), getattr(host, field)), field
+    assert torch.allclose(branch_free.param, host.param, equal_nan=True)
+
+
+class _Recorder(torch.nn.Module):
+    """The model, remembering every image it is shown."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("host", [None, False])
+@pytest.mark.parametrize("name", ["ml_cw", "rank2"])
+def test_every_lambda_run_starts_from_the_clean_image(setup, name, host, monkeypatch):
+    """Carlini & Wagner's search restarts each λ run at w0 (the clean image), not where the last run ended:
+    with early abort off, the model sees the clean image at the first step of each of the n_search runs."""
+    from mlnb import attack_search
+
+    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
+    monkeypatch.setattr(attack_search, "HOST_DECISIONS", host)
+    model, x, y, A, B = setup
+    rec = _Recorder(model).eval()
+    attacks.ATTACKS[name](rec, x[:2], y[:2], A[:2], B[:2], progress=False,
+                          **{**SEARCH, "n_search": 3, "max_iter": 20})
+    at_clean = [k for k, s in enumerate(rec.seen) if s.shape[0] == 2 and (s - x[:2]).abs().max() < 1e-5]
+    # a clean forward before the search, then the first step of each run (20 steps apart)
+    assert len(at_clean) == 4 and [b - a for a, b in zip(at_clean[1:], at_clean[2:])] == [20, 20], at_clean
