@@ -389,7 +389,15 @@ def test_the_accelerator_path_gives_the_cpu_paths_examples(problems, results, va
     from mlnb import attack_search
 
     monkeypatch.setattr(attack_search, "HOST_DECISIONS", False)
+    paths, set_rows = set(), attack_search._set_rows
+
+    def spy(dst, mask, src, host):
+        paths.add(host)
+        return set_rows(dst, mask, src, host)
+
+    monkeypatch.setattr(attack_search, "_set_rows", spy)
     branch_free, host = _call(problems, variant), results[variant]
+    assert paths == {False}  # the branch-free path really ran
     assert torch.allclose(branch_free.x_adv, host.x_adv, atol=1e-6), variant
     for field in ("success", "n_satisfied", "iterations"):
         assert torch.equal(getattr(branch_free, field), getattr(host, field)), field
