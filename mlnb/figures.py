@@ -185,7 +185,7 @@ def explorer_view(x: torch.Tensor, x_adv: torch.Tensor | None, label_names: Sequ
     A red, B blue, C grey), the image, the adversarial image and the magnified perturbation.
     ``x``, ``x_adv``: ``(C, H, W)``; ``before``, ``after``: ``(L,)``.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Drawn by :func:`mlnb.explorer.render`, which notebooks/10_explorer.ipynb calls.
     """
     import matplotlib.pyplot as plt
 

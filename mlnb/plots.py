@@ -62,7 +62,7 @@ def sweep_plot(table: pd.DataFrame, x: str, metrics: list[str] | None = None, *,
     columns. ``metrics``: the columns to plot (default every numeric column that is not ``x`` / ``hue``,
     at most 6). Returns the matplotlib ``Figure``.
 
-    Introduced in notebooks/06_general_attacks.ipynb.
+    Drawn by :func:`mlnb.sweep.run_sweep` into ``sweep.png`` (``make sweep``); no notebook calls it.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns

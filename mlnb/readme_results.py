@@ -9,7 +9,7 @@ from that snapshot. ``tests/test_readme_results.py`` renders the committed snaps
 with README.md (the text cannot drift from the numbers), and a slow test compares the snapshot with
 a fresh run (the numbers cannot drift from the code).
 
-Introduced in notebooks/06_general_attacks.ipynb.
+A command-line tool run after ``make run``, not called from a notebook.
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ hash is skipped, so a stopped sweep resumes. Finally every run's scalar metrics 
 ``<out>/sweep.png`` against the first swept parameter. Values are parsed as Python literals
 (``ast.literal_eval``: numbers, strings, ``None``, ``True``), never evaluated as code.
 
-Introduced in notebooks/06_general_attacks.ipynb.
+A command-line tool, not called from a notebook: the exercises of notebooks/06_general_attacks.ipynb
+suggest sweeping its ``MAX_RMSD`` with it.
 """
 from __future__ import annotations
 

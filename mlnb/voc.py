@@ -118,7 +118,8 @@ def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, 
     Looks for ``<root>/VOCdevkit/VOC<year>``; when it is missing and ``download`` is False raises
     ``FileNotFoundError`` naming the folder and the ``download=True`` flag.
 
-    Introduced in notebooks/01_target_model.ipynb.
+    Reached through :func:`mlnb.data.load_dataset` (``"voc2007"``, ``"voc2012"``), which
+    notebooks/01_target_model.ipynb calls (VOC with the ``paper`` preset).
     """
     from .data import MultiLabelDataset
 
