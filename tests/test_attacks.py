@@ -432,3 +432,91 @@ def test_every_lambda_run_starts_from_the_clean_image(setup, name, host, monkeyp
     at_clean = [k for k, s in enumerate(rec.seen) if s.shape[0] == 2 and (s - x[:2]).abs().max() < 1e-5]
     # a clean forward before the search, then the first step of each run (20 steps apart)
     assert len(at_clean) == 4 and [b - a for a, b in zip(at_clean[1:], at_clean[2:])] == [20, 20], at_clean
+
+
+def _ml_cw_from_scratch(model, x, target, ab, lam, lr, T, n_runs, tanh_eps=1e-6):
+    """Sec. III-B1 written out for ONE image (x (1, C, H, W)): per λ run, Adam on w with x* = (tanh w + 1)/2
+    from the clean image, loss ||x* - x||² + λ Σ_{A∪B} max(0, -s (σ(z) - 0.5)); the run's best iterate by
+    (constraints met, -||r||²); λ halved after a run that met every constraint at some step (no lower bound
+    yet), x10 after one that did not (no upper bound yet), else bisected; the best over the runs is
+    returned if it meets more constraints than the clean image. Returns (x*, λ of x* or NaN)."""
+    from mlnb.probability import sigmoid
+
+    with torch.no_grad():
+        best = (int(((model(x) >= 0) == target)[ab].sum()), 0.0, x, float("nan"))  # (met, -dist, x*, λ)
+    lo, hi = 0.0, float("inf")
+    w0 = torch.atanh((2 * x - 1) * (1 - tanh_eps))
+    for _ in range(n_runs):
+        w, m, v = w0.clone().requires_grad_(True), torch.zeros_like(x), torch.zeros_like(x)
+        run_best, ok = None, False
+        for k in range(1, T + 1):
+            xa = (torch.tanh(w) + 1) / 2
+            z = model(xa).double()
+            h = torch.clamp(torch.where(target, 0.5 - sigmoid(z), sigmoid(z) - 0.5), min=0)[ab].sum()
+            dist = ((xa - x).double() ** 2).sum()
+            met = int(((z >= 0) == target)[ab].sum())
+            ok |= met == int(ab.sum())
+            if run_best is None or (met, -float(dist.detach())) > run_best[:2]:
+                run_best = (met, -float(dist.detach()), xa.detach().clone(), lam)
+            (g,) = torch.autograd.grad(dist + lam * h, w)
+            with torch.no_grad():
+                m.mul_(0.9).add_(g, alpha=0.1)
+                v.mul_(0.999).addcmul_(g, g, value=0.001)
+                w.addcdiv_(m / (1 - 0.9 ** k), (v / (1 - 0.999 ** k)).sqrt() + 1e-8, value=-lr)
+        if run_best[:2] > best[:2]:
+            best = run_best
+        hi, lo = (min(hi, lam), lo) if ok else (hi, max(lo, lam))
+        lam = (lo + hi) / 2 if hi < float("inf") else lam * 10
+    return best[2], best[3]
+
+
+@pytest.mark.parametrize("lam", [0.5, 10.0])
+def test_ml_cw_is_its_algorithm_written_out_for_one_image(setup, lam, monkeypatch):
+    """The batched driver against the algorithm written plainly, image by image (two λ runs: the search
+    moves λ one way or the other), early abort off so both take every step."""
+    from mlnb import attack_search
+
+    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
+    model, x, y, A, B = setup
+    T, lr = 15, 0.05
+    res = attacks.ml_cw(model, x[:4], y[:4], A[:4], B[:4], progress=False, lambda_init=lam, n_search=2,
+                        max_iter=T, lr=lr)
+    assert (res.iterations == 2 * T).all()  # early abort off: every step of both runs is taken
+    for i in range(4):
+        want, want_lam = _ml_cw_from_scratch(model, x[i:i + 1], (y ^ A)[i:i + 1], (A | B)[i:i + 1], lam, lr, T, 2)
+        # 1e-6: the same float32 operations in another order (the driver carries Adam's 2x scaled moments);
+        # measured 3e-8 to 1.2e-7, on perturbations of 0.025-0.075 per pixel
+        assert torch.allclose(res.x_adv[i:i + 1], want, atol=1e-6), (i, float((res.x_adv[i:i + 1] - want).abs().max()))
+        assert torch.allclose(res.param[i], torch.tensor(want_lam), equal_nan=True), i
+
+
+def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, monkeypatch):
+    """The search's bar moves every ``check_every`` steps (a long run shows progress while it runs)."""
+    from mlnb import attack_core
+    from mlnb import attacks as attacks_module
+
+    updates = []
+
+    class Bar:
+        def __init__(self, total, enabled, desc):
+            self.total, self.n = total, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            updates.append(k)
+            self.n += k
+
+    monkeypatch.setattr(attacks_module, "progress_bar", Bar)
+    monkeypatch.setattr(attack_core, "progress_bar", Bar)
+    model, x, y, A, B = setup
+    from mlnb import attack_search
+
+    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
+    attacks.ml_cw(model, x[:2], y[:2], A[:2], B[:2], progress=False, lambda_init=10.0, n_search=1, max_iter=20,
+                  check_every=5)
+    assert updates[:4] == [10, 10, 10, 10] and sum(updates) == 2 * 20  # 2 images x 5 steps per check
