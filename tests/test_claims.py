@@ -483,3 +483,18 @@ def test_measured_text_joins_parts_and_summarises_long_lists():
     w = setv(world(), "random", "ml_dp", "rmsd", 0.5)  # ML-DP now smallest in the random case
     measured = row(w, "dp_largest")["measured"]
     assert measured.startswith("5 of 10 comparisons hold; random RMSD: ML-DP ") and measured.count("; ") == 5
+
+
+@pytest.mark.unit
+def test_table5_claims_read_as_the_paper_words_them():
+    t = C.table5_claims(world(), n_boot=200)
+    assert t["claim"].tolist() == [
+        "ML-CW performs well in both cases (Hamming(A) <= 0.2)",
+        "ML-CW's adversarial probabilities sit near 0.5 (closer than Rank II's)",
+        "Rank I's perturbations are the smallest when reducing",
+        "Rank I leaves the reduced label's probability high (Hamming(A) >= 0.5)",
+        "Rank I's adversarial predictions overlap the originals (histogram overlap >= 0.5)",
+        "Rank II separates the target label far from 0.5 (largest margin on the target side)",
+        "Rank II does better reducing than augmenting (lower Hamming(A))",
+        "Rank II needs the largest RMSD when reducing (Table V, no sentence)",
+    ]

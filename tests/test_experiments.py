@@ -63,7 +63,8 @@ def test_attack_set_and_seeded_draws():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("kwargs, word", [({"attacks": "ml_cw,nope"}, "ml_cw"), ({"strategies": ["bogus"]}, "random"),
-                                          ({"preset": "huge"}, "smoke"), ({"max_rmsd": -1.0}, "max_rmsd")])
+                                          ({"preset": "huge"}, "smoke"), ({"max_rmsd": -1.0}, "max_rmsd"),
+                                          ({"batch_size": 2.5}, "batch_size must be a whole number")])
 def test_runner_rejects_bad_arguments_with_the_valid_names(kwargs, word, tmp_path):
     args = {"preset": "smoke", "attacks": "ml_cw", "strategies": "random", **kwargs}
     with pytest.raises(ValueError, match=word):
@@ -555,3 +556,22 @@ def test_run_chunk_stores_the_attacks_own_fields_under_their_names():
         assert (r["attack_success"], r["n_satisfied"], r["iterations"]) == (True, 3, 1)
         assert math.isnan(r["param"]) and r["attack_kendall_tau"] == 0.0
         assert r["projected"] is False and r["rmsd_raw"] == 0.0
+
+
+@pytest.mark.unit
+def test_runner_takes_images_per_strategy_from_a_dict_and_passes_download_on(tmp_path, monkeypatch):
+    from mlnb import attacks
+
+    asked = []
+    check = E.check_data_available
+
+    def spy(preset, *, download):
+        asked.append(download)
+        return check(preset, download=download)
+
+    monkeypatch.setattr(E, "check_data_available", spy)
+    monkeypatch.setitem(attacks.ATTACKS, "ml_dp", _fake_attack(0.0))
+    res = E.run_experiment("smoke", "ml_dp", "random,extreme", out_dir=tmp_path, device="cpu", progress=False,
+                           n={"random": 2, "extreme": 3}, download=True)
+    assert res.records.groupby("strategy").size().to_dict() == {"extreme": 3, "random": 2}
+    assert asked == [True]  # the offline data set needs no download, but the flag reaches the check
