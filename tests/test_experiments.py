@@ -571,7 +571,28 @@ def test_runner_takes_images_per_strategy_from_a_dict_and_passes_download_on(tmp
 
     monkeypatch.setattr(E, "check_data_available", spy)
     monkeypatch.setitem(attacks.ATTACKS, "ml_dp", _fake_attack(0.0))
-    res = E.run_experiment("smoke", "ml_dp", "random,extreme", out_dir=tmp_path, device="cpu", progress=False,
-                           n={"random": 2, "extreme": 3}, download=True)
-    assert res.records.groupby("strategy").size().to_dict() == {"extreme": 3, "random": 2}
+    monkeypatch.setitem(attacks.ATTACKS, "fgs", _fake_attack(0.0))
+    res = E.run_experiment("smoke", "ml_dp,fgs_per_image", "random,extreme", out_dir=tmp_path, device="cpu",
+                           progress=False, n={"random": 2, "extreme": 3}, download=True)
+    assert res.records.groupby("strategy").size().to_dict() == {"extreme": 6, "random": 4}
+    # the table keeps the order the rows were asked in (not the paper's, where fgs_per_image comes later)
+    assert list(res.table.index.get_level_values("attack")) == ["ml_dp", "fgs_per_image"] * 2
+    assert res.store_root == tmp_path
     assert asked == [True]  # the offline data set needs no download, but the flag reaches the check
+
+
+class _AtThreshold(torch.nn.Module):
+    """Logits (0, -40, -40): label 0 exactly at the threshold (probability 0.5)."""
+
+    def forward(self, x):
+        return torch.tensor([0.0, -40.0, -40.0]).expand(x.shape[0], 3) + 0 * x.flatten(1).mean(1, keepdim=True)
+
+
+@pytest.mark.unit
+def test_run_chunk_counts_a_logit_of_exactly_zero_as_positive():
+    """Eq. (3b): a label is positive when F >= 0.5, i.e. logit >= 0; switching label 0 on succeeds at 0."""
+    x = torch.zeros(1, 1, 2, 2)
+    y = torch.tensor([[False, False, False]])
+    A = torch.tensor([[True, False, False]])
+    (rec,) = E._run_chunk(_fake_attack(0.0), _AtThreshold().eval(), x, y, A, ~A, {}, (0,), None)
+    assert rec["success"] is True and rec["hamming_A"] == 0.0
