@@ -472,18 +472,20 @@ def _ml_cw_from_scratch(model, x, target, ab, lam, lr, T, n_runs, tanh_eps=1e-6)
 
 @pytest.mark.parametrize("lam", [0.5, 10.0])
 def test_ml_cw_is_its_algorithm_written_out_for_one_image(setup, lam, monkeypatch):
-    """The batched driver against the algorithm written plainly, image by image (two λ runs: the search
-    moves λ one way or the other), early abort off so both take every step."""
+    """The batched driver against the algorithm written plainly, image by image (four λ runs: the search
+    moves λ both ways), early abort off so both take every step."""
     from mlnb import attack_search
 
     monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
     model, x, y, A, B = setup
-    T, lr = 15, 0.05
-    res = attacks.ml_cw(model, x[:4], y[:4], A[:4], B[:4], progress=False, lambda_init=lam, n_search=2,
+    T, lr, runs, n = 15, 0.05, 4, 8
+    res = attacks.ml_cw(model, x[:n], y[:n], A[:n], B[:n], progress=False, lambda_init=lam, n_search=runs,
                         max_iter=T, lr=lr)
-    assert (res.iterations == 2 * T).all()  # early abort off: every step of both runs is taken
-    for i in range(4):
-        want, want_lam = _ml_cw_from_scratch(model, x[i:i + 1], (y ^ A)[i:i + 1], (A | B)[i:i + 1], lam, lr, T, 2)
+    assert (res.iterations == runs * T).all()  # early abort off: every step of every run is taken
+    # at λ = 0.5 images 6 and 7 fail a run after a success: their λ bisects back up (a search that forgot
+    # to reset its per-run success flag would keep halving and return another example)
+    for i in range(n):
+        want, want_lam = _ml_cw_from_scratch(model, x[i:i + 1], (y ^ A)[i:i + 1], (A | B)[i:i + 1], lam, lr, T, runs)
         # 1e-6: the same float32 operations in another order (the driver carries Adam's 2x scaled moments);
         # measured 3e-8 to 1.2e-7, on perturbations of 0.025-0.075 per pixel
         assert torch.allclose(res.x_adv[i:i + 1], want, atol=1e-6), (i, float((res.x_adv[i:i + 1] - want).abs().max()))
@@ -520,3 +522,13 @@ def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, mon
     attacks.ml_cw(model, x[:2], y[:2], A[:2], B[:2], progress=False, lambda_init=10.0, n_search=1, max_iter=20,
                   check_every=5)
     assert updates[:4] == [10, 10, 10, 10] and sum(updates) == 2 * 20  # 2 images x 5 steps per check
+
+
+def test_an_undefined_tau_ranks_below_every_defined_one():
+    """All scores tied: Kendall's tau-b is undefined (NaN) and the search's selection key puts it at -2,
+    below the worst defined value (-1)."""
+    from mlnb.attack_search import _tau
+
+    ytau = torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8)
+    assert _tau(torch.zeros(1, 5), ytau).item() == -2.0
+    assert _tau(torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0]]), ytau).item() == pytest.approx(-1.0)

@@ -498,3 +498,28 @@ def test_table5_claims_read_as_the_paper_words_them():
         "Rank II does better reducing than augmenting (lower Hamming(A))",
         "Rank II needs the largest RMSD when reducing (Table V, no sentence)",
     ]
+
+
+@pytest.mark.unit
+def test_growth_claim_needs_rank_growth_below_ml_cw_and_reports_dropped_fallbacks():
+    """Rank I's extreme/random RMSD ratio equal to ML-CW's is a tie, not "less growth"; clean-image
+    fallbacks (rmsd 0) of each strategy are dropped and said so."""
+    w = world()
+    growth = vals(w, "extreme", "ml_cw", "rmsd").mean() / vals(w, "random", "ml_cw", "rmsd").mean()
+    w = setv(w, "extreme", "rank1", "rmsd", vals(w, "random", "rank1", "rmsd") * growth)
+    r = row(w, "stable")
+    assert r["state"] != "holds" and "Rank I - ML-CW growth" in r["reason"]
+    w = world()
+    for s in ("random", "extreme"):
+        v = vals(w, s, "ml_cw", "rmsd").copy()
+        v[0] = 0.0
+        setv(w, s, "ml_cw", "rmsd", v)
+    assert "(1 + 1 rmsd-0 images dropped)" in row(w, "stable")["measured"]
+
+
+@pytest.mark.unit
+def test_reasons_name_the_failing_comparison_and_the_straddled_boundary():
+    w = setv(world(), "random", "rank2", "f1", 0.5)  # ML-CW - Rank II F1 far above 0.1
+    assert row(w, "r2_comparable")["reason"] == "does not hold: ML-CW - Rank II F1"
+    w = setv(world(), "reduce", "rank1", "hamming_A", 0.5 + 0.5 * ALT)
+    assert row(w, "r1_high")["reason"].startswith("95% CI straddles the boundary: reduce Rank I Hamming(A)")
