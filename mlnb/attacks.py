@@ -12,9 +12,12 @@
   no attack here draws random numbers (every attack starts from the clean image).
 
 Every attack is batched (no Python loop over images), follows ``x.device``, is deterministic on
-CPU, and gives each image the result it would get alone (to float rounding: vectorised exp / tanh may
-round the last bit differently for another batch length; ML-DP's paper form, which lands labels on the
-threshold line, is the one attack where such a bit can change the outcome). An image already in the target state is
+CPU, and gives each image the result it would get alone (to float rounding: batched convolutions and
+vectorised exp / tanh may round the last bit differently for another batch length). Such a bit changes an
+outcome only where an image ends within rounding of the threshold: ML-DP's paper form lands labels on the
+threshold line by construction, so there it is common; the other attacks end past it (ML-DP's greedy form
+by its overshoot), so it is rare, but it happens (one image of notebook 04's smoke run succeeds alone and
+fails in its batch of 8, its x* 1.4e-5 apart). An image already in the target state is
 returned unchanged at zero cost and counts as a success.
 
 Introduced in notebooks/02_baselines_fgs_fg.ipynb, 03_ml_cw.ipynb, 04_ml_deepfool.ipynb and
