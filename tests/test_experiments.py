@@ -64,7 +64,8 @@ def test_attack_set_and_seeded_draws():
 @pytest.mark.unit
 @pytest.mark.parametrize("kwargs, word", [({"attacks": "ml_cw,nope"}, "ml_cw"), ({"strategies": ["bogus"]}, "random"),
                                           ({"preset": "huge"}, "smoke"), ({"max_rmsd": -1.0}, "max_rmsd"),
-                                          ({"batch_size": 2.5}, "batch_size must be a whole number")])
+                                          ({"batch_size": 2.5}, "batch_size must be a whole number"),
+                                          ({"params": {"nope": {}}}, "^unknown attack in params 'nope'")])
 def test_runner_rejects_bad_arguments_with_the_valid_names(kwargs, word, tmp_path):
     args = {"preset": "smoke", "attacks": "ml_cw", "strategies": "random", **kwargs}
     with pytest.raises(ValueError, match=word):
