@@ -17,6 +17,7 @@ import torch
 
 from mlnb import attack_search
 from mlnb.labels import STRATEGIES, make_target
+from mlnb.tutorial import no_early_abort  # noqa: F401  (re-exported for the benchmark scripts)
 
 
 @dataclass
@@ -55,17 +56,6 @@ def median(values) -> float:
 
 def finite_positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-
-
-@contextmanager
-def no_early_abort():
-    """Disable the early abort of λ runs in :mod:`mlnb.attack_search` (every run goes to ``max_iter``)."""
-    saved = attack_search.EARLY_ABORT
-    attack_search.EARLY_ABORT = False
-    try:
-        yield
-    finally:
-        attack_search.EARLY_ABORT = saved
 
 
 @contextmanager
