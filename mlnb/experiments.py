@@ -265,7 +265,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         strategies: names of :data:`mlnb.labels.STRATEGIES` (list or comma-separated; ``reduce`` /
             ``augment`` use ``preset.reduce_label`` / ``preset.augment_label``).
         out_dir: the store root; per-image results go to ``out_dir/<run key>/`` (see :mod:`mlnb.store`).
-        seed: fixes the images drawn, the random-case targets and the attacks' random starts.
+        seed: fixes the images drawn and the random-case targets (no attack draws random numbers).
         n: images per strategy (int, or ``{strategy: int}``); default ``preset.n_general`` for the
             general strategies and ``preset.n_label_specified`` for the others.
         max_rmsd: RMSD bound (0-255) with the projection rule of the module docstring; default the preset's.

@@ -25,7 +25,7 @@ def set_seed(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded with ``seed``.
 
     Pass the returned generator (or one derived from it) as ``generator=`` to every random
-    choice: data, targets and random starts all take one.
+    choice: data sets and targets take one (no attack draws random numbers).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
