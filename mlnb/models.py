@@ -198,7 +198,7 @@ def predict_scores(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
 
 def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Logits ``model(x)`` ``(N, L)`` in batches, as :func:`predict_scores` (a label is positive when
-    its logit is ``>= 0``, i.e. its probability ``>= 0.5``).
+    its logit is ``>= 0``, i.e. its probability ``>= 0.5``), without gradient tracking.
 
     Introduced in notebooks/01_target_model.ipynb.
     """
@@ -213,7 +213,8 @@ def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
         n, out_device = len(x_or_dataset), device
         get = lambda sl: x_or_dataset.tensors(range(sl.start, min(sl.stop, n)))[0]  # noqa: E731
     chunks = []
-    for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
-        xb = get(slice(start, start + int(batch_size))).to(device)
-        chunks.append(model(xb).to(out_device))
+    with torch.no_grad():  # scoring only: no autograd graph is kept for the whole data set
+        for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
+            xb = get(slice(start, start + int(batch_size))).to(device)
+            chunks.append(model(xb).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)

@@ -98,6 +98,7 @@ def test_predict_scores_tensor_and_dataset_agree():
     b = predict_scores(model, ds, batch_size=5)
     assert a.shape == (9, 4) and torch.allclose(a, b, atol=1e-6) and (a >= 0).all() and (a <= 1).all()
     assert torch.allclose(a, torch.sigmoid(model(x)), atol=1e-6)
+    assert not a.requires_grad and not b.requires_grad  # no autograd graph kept for the scored images
     with pytest.raises(ValueError, match="eval"):
         predict_scores(model.train(), x)
 
