@@ -98,14 +98,6 @@ def validate_attack_inputs(model, x, y, A, B, *, batch_size, autocast_dtype, cha
     return L
 
 
-def check_int(name: str, value, minimum: int = 1) -> None:
-    """A whole-number budget ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}: pass e.g. {name}={max(minimum, 10)}")
-
-
 def _free_memory(device: torch.device) -> None:
     backend = getattr(torch, device.type, None)
     empty = getattr(backend, "empty_cache", None)

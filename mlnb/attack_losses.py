@@ -25,9 +25,8 @@ from __future__ import annotations
 import torch
 
 from . import probability as P
-from .metrics import _kendall_tau_b_kernel
+from .metrics import THRESHOLD, _kendall_tau_b_kernel
 
-THRESHOLD = 0.5  # classification threshold on probabilities (Sec. IV-D); logit 0
 N_RANK_TERMS = 5  # Eq. (9) has three terms, Eq. (11) adds two
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import validate as V
-from .attack_core import (AttackResult, Runtime, check_int, finalize, progress_bar, rank_masks, run_in_chunks,
+from .attack_core import (AttackResult, Runtime, finalize, progress_bar, rank_masks, run_in_chunks,
                           validate_attack_inputs)
 from .attack_deepfool import deepfool
 from . import probability as P
@@ -55,7 +55,7 @@ def _one_step_attack(norm, model, x, y, A, B, progress, eps, eps_max, n_eps, bat
     rt = _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last)
     if eps is None or eps == "scenario":
         V.check_positive("eps_max", eps_max)
-        check_int("n_eps", n_eps, 2)
+        V.check_int("n_eps", n_eps, 2)
         grid = torch.linspace(0, float(eps_max), int(n_eps))
         if eps == "scenario":
             grid = grid[1:]  # one ε > 0 for every image: no clean-image fallback
@@ -142,13 +142,13 @@ fg.__doc__ = fg.__doc__.replace("{eps_doc}", _EPS_DOC)
 
 def _check_search(lambda_init, n_search, max_iter, lr, tanh_eps, check_every) -> None:
     V.check_positive("lambda_init", lambda_init)
-    check_int("n_search", n_search)
-    check_int("max_iter", max_iter)
+    V.check_int("n_search", n_search)
+    V.check_int("max_iter", max_iter)
     V.check_positive("lr", lr)
     V.check_positive("tanh_eps", tanh_eps)
     if tanh_eps >= 0.5:
         raise ValueError(f"tanh_eps must be below 0.5, got {tanh_eps}: pass e.g. tanh_eps=1e-6")
-    check_int("check_every", check_every)
+    V.check_int("check_every", check_every)
 
 
 def _search_attack(name, rt, x, y, A, B, aux, hinge, progress, run_select, final_select, *, lambda_init,
@@ -273,7 +273,7 @@ def ml_dp(model, x, y, A, B, *, generator=None, progress=True, max_iter: int = 2
 
     rt = _setup(model, x, y, A, B, batch_size, autocast_dtype, channels_last)
     V.check_choice("form", form, ML_DP_FORMS)
-    check_int("max_iter", max_iter, 0 if form == "paper" else 1)
+    V.check_int("max_iter", max_iter, 0 if form == "paper" else 1)
     if overshoot is None:
         overshoot = 0.0 if form == "paper" else 0.02
     V.check_positive("overshoot", overshoot, allow_zero=True)

@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 
 from .labels import STRATEGIES, make_target
+from .metrics import THRESHOLD
 from .presets import ATTACK_NAMES, PAPER_FORMS, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
 from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
 from .utils import param_hash, resolve_device
@@ -73,7 +74,7 @@ def _generator(*parts) -> torch.Generator:
 def attack_set(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly,
     ``(scores >= 0.5) == y`` on all ``L`` labels. ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool."""
-    return ((scores >= 0.5) == y).all(1).nonzero().flatten()
+    return ((scores >= THRESHOLD) == y).all(1).nonzero().flatten()
 
 
 def draw_targets(y: torch.Tensor, candidates: torch.Tensor, strategy: str, n: int, *, seed: int,

@@ -36,6 +36,14 @@ def check_positive(name: str, value, *, allow_zero: bool = False, integer: bool 
         raise ValueError(f"{name} must be a finite {need} number, got {value!r}: pass e.g. {name}=1")
 
 
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """A whole-number budget ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}: pass e.g. {name}={max(minimum, 10)}")
+
+
 def check_images(x, name: str = "x") -> None:
     """Images: a float tensor ``(N, C, H, W)`` with finite values in ``[0, 1]``."""
     if not isinstance(x, torch.Tensor):
