@@ -187,9 +187,10 @@ def render(rows, survivors, equivalent, stale, selection: str, sampled) -> str:
         "are listed at the end with the reason and are not counted. Mutants of message wording are counted like",
         "any other (`tests/test_errors.py` checks the key phrase of each message, not every word).",
         "",
-        f"**Kill ratio over the checked non-equivalent mutants: {ratio(total):.1%}** "
+        f"**Kill ratio over the checked non-equivalent mutants, with today's tests: {ratio(total):.1%}** "
         f"({total['killed']} of {judged(total)}; {total['not checked']} mutants not checked yet"
-        + ("; a module with unchecked mutants has an estimate from a random sample instead, below)."
+        + ("; in a module not checked to the end the checked mutants are not a random sample, and include "
+           "survivors re-run after their tests were written: read that module's sample estimate below)."
            if total["not checked"] else ")."),
         "",
         "Complete modules (every mutant checked): "
