@@ -78,7 +78,9 @@ def read_equivalents(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def collect(mutants: Path, equivalents: dict[str, tuple[str, str]]):
-    rows, survivors, equivalent, stale = [], [], [], []
+    """Per module its verdict counts, the survivors, the equivalents and the stale equivalences, and
+    ``verdicts`` ``{mutant: (module, verdict)}`` (equivalences applied) for the sample rounds."""
+    rows, survivors, equivalent, stale, verdicts = [], [], [], [], {}
     for meta in sorted(mutants.glob("**/*.py.meta")):
         module = ".".join(meta.relative_to(mutants).with_suffix("").with_suffix("").parts)
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -96,8 +98,9 @@ def collect(mutants: Path, equivalents: dict[str, tuple[str, str]]):
                         stale.append((key, equivalents[key][0], line))
                     survivors.append((key, st, line))
             count[st] += 1
+            verdicts[key] = (module, st)
         rows.append((module, count))
-    return rows, survivors, equivalent, stale
+    return rows, survivors, equivalent, stale, verdicts
 
 
 def read_sample(path: Path) -> list[dict[str, bool]]:
@@ -114,31 +117,24 @@ def read_sample(path: Path) -> list[dict[str, bool]]:
     return [r for r in rounds if r]
 
 
-def sample_counts(mutants: Path, equivalents, sample: dict[str, bool]) -> dict[str, Counter]:
-    """Per module, the verdicts of one round's sampled mutants (first-pass survivors count as survived)."""
+def sample_counts(verdicts: dict[str, tuple[str, str]], sample: dict[str, bool]) -> dict[str, Counter]:
+    """Per module, the verdicts (from :func:`collect`) of one round's sampled mutants; a first-pass
+    survivor counts as survived even if it is killed now."""
     out: dict[str, Counter] = {}
-    for meta in sorted(mutants.glob("**/*.py.meta")):
-        module = ".".join(meta.relative_to(mutants).with_suffix("").with_suffix("").parts)
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        sources = mutant_sources(meta.with_suffix(""), module)
-        for key, code in codes.items():
-            if key in sample:
-                st = status(code)
-                if st != "killed" and key in equivalents and equivalents[key][0] == changed_line(sources, key):
-                    st = "equivalent"
-                elif st == "killed" and sample[key]:
-                    st = "survived"
-                out.setdefault(module, Counter())[st] += 1
+    for key, survived_first in sample.items():
+        if key in verdicts:
+            module, st = verdicts[key]
+            out.setdefault(module, Counter())["survived" if st == "killed" and survived_first else st] += 1
     return out
 
 
-def latest_rounds(mutants: Path, equivalents, rounds: list[dict[str, bool]]):
+def latest_rounds(verdicts: dict[str, tuple[str, str]], rounds: list[dict[str, bool]]):
     """``(estimates, history)``: ``{module: (round, counts)}`` of the latest round that sampled each
     module, and ``[(round, module, counts)]`` of the rounds before it."""
     estimates: dict[str, tuple[int, Counter]] = {}
     history: list[tuple[int, str, Counter]] = []
     for i, rnd in enumerate(rounds, 1):
-        for module, c in sample_counts(mutants, equivalents, rnd).items():
+        for module, c in sorted(sample_counts(verdicts, rnd).items()):
             if module in estimates:
                 history.append((*estimates[module][:1], module, estimates[module][1]))
             estimates[module] = (i, c)
@@ -238,8 +234,8 @@ def main(argv=None) -> int:
     if not any(args.mutants.glob("**/*.py.meta")):
         ap.error(f"no mutmut results under {args.mutants}/: run `make mutate` (it runs `mutmut run` first)")
     equivalents = read_equivalents(args.equivalent)
-    rows, survivors, equivalent, stale = collect(args.mutants, equivalents)
-    sampled = latest_rounds(args.mutants, equivalents, read_sample(args.sample))
+    rows, survivors, equivalent, stale, verdicts = collect(args.mutants, equivalents)
+    sampled = latest_rounds(verdicts, read_sample(args.sample))
     import tomllib
     conf = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]
     selection = "`pytest " + " ".join(conf.get("pytest_add_cli_args_test_selection", [])) + "`"

@@ -45,20 +45,20 @@ def test_changed_line_and_equivalence_and_first_pass_survivors(tmp_path):
     sources = MR.mutant_sources(mutants / "pkg" / "mod.py", "pkg.mod")
     assert MR.changed_line(sources, "pkg.mod.x_f__mutmut_3") == "return a + 1  ->  return a * 1"
     equivalents = {"pkg.mod.x_f__mutmut_3": ("return a + 1  ->  return a * 1", "same value")}
-    rows, survivors, equivalent, stale = MR.collect(mutants, equivalents)
+    rows, survivors, equivalent, stale, verdicts = MR.collect(mutants, equivalents)
     (module, count), = rows
     assert module == "pkg.mod" and count["killed"] == 2 and count["equivalent"] == 1 and count["not checked"] == 1
     assert [k for k, *_ in equivalent] == ["pkg.mod.x_f__mutmut_3"] and not stale
     # mutant 2 survived the sample's first run: it counts as missed although it is killed now
     sample = {"pkg.mod.x_f__mutmut_1": False, "pkg.mod.x_f__mutmut_2": True, "pkg.mod.x_f__mutmut_3": False}
-    sc = MR.sample_counts(mutants, equivalents, sample)["pkg.mod"]
+    sc = MR.sample_counts(verdicts, sample)["pkg.mod"]
     assert (sc["killed"], sc["survived"], sc["equivalent"]) == (1, 1, 1)
     assert MR.ratio(sc) == 0.5
 
 
 def test_stale_equivalence_is_not_subtracted(tmp_path):
     mutants = _mutants(tmp_path, {"pkg.mod.x_f__mutmut_3": 0})
-    rows, survivors, equivalent, stale = MR.collect(mutants, {"pkg.mod.x_f__mutmut_3": ("old line", "why")})
+    rows, survivors, equivalent, stale, _ = MR.collect(mutants, {"pkg.mod.x_f__mutmut_3": ("old line", "why")})
     assert not equivalent and stale and survivors[0][1] == "survived"
 
 
@@ -75,7 +75,7 @@ def test_the_latest_round_is_the_estimate_and_earlier_rounds_are_history(tmp_pat
     sample.write_text("# comment\npkg.mod.x_f__mutmut_1 || survived\n@round 2\npkg.mod.x_f__mutmut_2\n")
     rounds = MR.read_sample(sample)
     assert rounds == [{"pkg.mod.x_f__mutmut_1": True}, {"pkg.mod.x_f__mutmut_2": False}]
-    estimates, history = MR.latest_rounds(mutants, {}, rounds)
+    estimates, history = MR.latest_rounds(MR.collect(mutants, {})[4], rounds)
     (i, c), = estimates.values()
     assert i == 2 and c["killed"] == 1 and not c["survived"]
     assert [(r, m, h["survived"]) for r, m, h in history] == [(1, "pkg.mod", 1)]
