@@ -16,7 +16,7 @@ import torch
 from . import attack_search
 from .data import load_dataset
 from .labels import random_case
-from .metrics import per_image_metrics
+from .metrics import LOGIT_THRESHOLD, per_image_metrics
 from .models import predict_logits
 from .presets import get_preset
 from .training import get_target_model
@@ -74,10 +74,9 @@ def draw_attack_set(model, x_all: torch.Tensor, y_all: torch.Tensor, n_images: i
     if (len(ids), len(names)) != tuple(y_all.shape):
         raise ValueError(f"ids and names need one entry per image and per label {tuple(y_all.shape)}, "
                          f"got {len(ids)} and {len(names)}")
-    with torch.no_grad():  # predict_logits would otherwise record a graph
-        logits_all = predict_logits(model, x_all)
+    logits_all = predict_logits(model, x_all)
     target_all = random_case(y_all, generator=generator)
-    in_X = ((logits_all >= 0) == y_all).all(1)  # Sec. IV-E: every label classified correctly
+    in_X = ((logits_all >= LOGIT_THRESHOLD) == y_all).all(1)  # Sec. IV-E: every label classified correctly
     candidates = (in_X & target_all.eligible).nonzero().flatten().cpu()
     if len(candidates) == 0:
         raise ValueError(f"no correctly classified image with a positive and a negative label among the "

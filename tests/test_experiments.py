@@ -518,7 +518,8 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
 
     def spy_load(*args, **kwargs):
         seen["load"].append(args)
-        return load(*args, **kwargs)
+        seen["loaded"] = load(*args, **kwargs)
+        return seen["loaded"]
 
     def spy_bar(items, enabled, desc):
         seen["bar"].append(enabled)
@@ -540,7 +541,7 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
     assert seen["bar"] == [True] and seen["progress"] and not any(seen["progress"])
     n = len(res.records)
     assert n == min(preset.n_general, res.eligible[("animals", "random")])
-    ds = load(preset, "animals", "cpu", False, 0, 1)[1]
+    ds = seen["loaded"][1]  # the test set the runner attacked
     assert list(res.records["image_id"]) == [ds.ids[i] for i in res.records["index"]]
     with pytest.raises(ValueError, match="^unknown strategy 'bogus'"):
         E.run_experiment("smoke", "ml_dp", "bogus", out_dir=tmp_path)
