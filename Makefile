@@ -36,14 +36,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m mlnb.pipeline run --preset $(PRESET)
+	$(BIN)/python -m mlnb.running.pipeline run --preset $(PRESET)
 
 test: $(STAMP)
 	rm -rf build/test-results build/nbval build/nbval-results
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 	@# nbval: every notebook again on a second seed (other images and targets, so the notebooks' asserts are checked
 	@# on a second draw) into a fresh results folder (06 / 07 recompute instead of reading the notebook tier's store)
-	$(TEST_ENV) $(BIN)/python -m mlnb.pipeline prepare --preset smoke --seed 1 --out build/nbval
+	$(TEST_ENV) $(BIN)/python -m mlnb.running.pipeline prepare --preset smoke --seed 1 --out build/nbval
 	$(TEST_ENV) MLNB_RESULTS=$(CURDIR)/build/nbval-results OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=300 build/nbval -p no:cacheprovider -o addopts=""
 
 test-unit: $(STAMP)
@@ -59,7 +59,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --preset smoke
 
 sweep: $(STAMP)
-	$(BIN)/python -m mlnb.sweep --notebook 03_ml_cw --preset smoke --grid N_IMAGES=4,8
+	$(BIN)/python -m mlnb.running.sweep --notebook 03_ml_cw --preset smoke --grid N_IMAGES=4,8
 
 # mutmut's configuration (modules, test selection) is in pyproject.toml; results are cached in mutants/,
 # so a rerun tests only what changed. MUTANTS="mlnb.store*" limits a run to one module.

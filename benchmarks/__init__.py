@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mlnb import attack_search
+from mlnb.attacks import _driver
 from mlnb.labels import STRATEGIES, make_target
-from mlnb.tutorial import no_early_abort  # noqa: F401  (re-exported for the benchmark scripts)
 
 
 @dataclass
@@ -54,20 +53,29 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+SEARCH_ATTACKS = ("ml_cw", "rank1", "rank2")  # the attacks with an early abort
+
+
+def no_early_abort(name: str, params: dict) -> dict:
+    """``params`` for attack ``name`` with every λ run taking all ``max_iter`` steps (``early_abort=False``
+    for ML-CW, Rank I and Rank II): a fixed number of steps to time."""
+    return {**params, "early_abort": False} if name in SEARCH_ATTACKS else dict(params)
+
+
 def finite_positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
 @contextmanager
 def fixed_budget():
-    """Keep finished images in the active batch of :func:`mlnb.attack_search.optimize` until the whole
+    """Keep finished images in the active batch of :func:`mlnb.attacks._driver.optimize` until the whole
     batch is done (``shrink=False``): same per-image results, every image computed every step."""
-    saved = attack_search.SHRINK
-    attack_search.SHRINK = False
+    saved = _driver.SHRINK
+    _driver.SHRINK = False
     try:
         yield
     finally:
-        attack_search.SHRINK = saved
+        _driver.SHRINK = saved
 
 
 def load_model(preset, device: torch.device, synthetic: bool) -> torch.nn.Module:

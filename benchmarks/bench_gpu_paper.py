@@ -56,10 +56,10 @@ def run(device: torch.device, *, steps: int = 20, batch: int | None = None, repe
                 kw = {"lambda_init": 1e5, "n_search": 1, "lr": 1e-2, "check_every": steps, "channels_last": cl,
                       "autocast_dtype": torch.bfloat16 if bf16 else None}
                 m = model.to(memory_format=torch.channels_last) if cl else model.to(memory_format=torch.contiguous_format)
-                with no_early_abort():
-                    attacks.ATTACKS[name](m, x, y, A, B, progress=False, max_iter=2, **kw)  # warm-up
-                    secs = [timed(lambda: attacks.ATTACKS[name](m, x, y, A, B, progress=False, max_iter=steps,
-                                                                **kw), device)[0] for _ in range(repeats)]
+                kw = no_early_abort(name, kw)
+                attacks.ATTACKS[name](m, x, y, A, B, progress=False, max_iter=2, **kw)  # warm-up
+                secs = [timed(lambda: attacks.ATTACKS[name](m, x, y, A, B, progress=False, max_iter=steps,
+                                                            **kw), device)[0] for _ in range(repeats)]
                 per_step = median(secs) / steps
                 row = {"attack": name, "bf16": bf16, "channels_last": cl, "seconds_per_step": per_step,
                        "image_steps_per_s": batch / per_step,

@@ -69,8 +69,7 @@ def measure(run: str, preset: str, batch: int, steps: int, device: torch.device,
             return
         params = ({"max_iter": steps} if run == "ml_dp" else
                   {"lambda_init": 10.0, "n_search": 1, "max_iter": steps, "check_every": steps})
-        with no_early_abort():
-            attacks.ATTACKS[run](wl.model, wl.x, wl.y, wl.A, wl.B, progress=False, **params)
+        attacks.ATTACKS[run](wl.model, wl.x, wl.y, wl.A, wl.B, progress=False, **no_early_abort(run, params))
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

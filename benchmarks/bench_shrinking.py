@@ -7,7 +7,7 @@ abort on in both):
 
 * ``shrink``: mlnb as it is: an image leaves the active batch once its ``n_search`` λ runs are over
   (early abort ends a run that stalls), so the cost falls as images finish;
-* ``fixed``: ``shrink=False`` of :func:`mlnb.attack_search.optimize`: the same per-image schedules,
+* ``fixed``: ``shrink=False`` of :func:`mlnb.attacks._driver.optimize`: the same per-image schedules,
   but finished images stay in the batch (frozen) until the batch's slowest image is done, as
   implementations that stop only when the whole batch is done.
 

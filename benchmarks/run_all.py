@@ -27,8 +27,8 @@ from benchmarks import (Workload, finite_positive, load_workload, median, no_ear
 from benchmarks.attack_throughput import ITERATIVE
 from benchmarks.machine import describe, load_average, machine_info
 from mlnb import attacks
-from mlnb.attack_deepfool import jacobian_rows
-from mlnb.attack_core import Runtime
+from mlnb.attacks._core import Runtime
+from mlnb.attacks.deepfool import jacobian_rows
 from mlnb.presets import get_preset
 from mlnb.utils import atomic_write_text, project_root, resolve_device, write_json
 
@@ -89,8 +89,7 @@ def dp_cols(A: torch.Tensor, B: torch.Tensor) -> list[int]:
 
 def run_attack(name: str, wl: Workload, sl, params: dict):
     x, y, A, B = wl.rows(sl)
-    with no_early_abort():
-        return attacks.ATTACKS[name](wl.model, x, y, A, B, progress=False, **params)
+    return attacks.ATTACKS[name](wl.model, x, y, A, B, progress=False, **no_early_abort(name, params))
 
 
 def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log) -> dict:

@@ -41,7 +41,6 @@ Introduced in notebooks/06_general_attacks.ipynb.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -50,61 +49,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .labels import STRATEGIES, make_target
-from .metrics import THRESHOLD
-from .presets import ATTACK_NAMES, PAPER_FORMS, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
-from .store import COLUMNS, METRIC_KEYS, ResultStore, aggregate, records_frame, run_key, summary  # noqa: F401
+from .experiment_plan import (GENERAL, attack_set, draw_targets, is_scenario_row, plan_chunks,
+                              project_rmsd, row_params, run_params, seeded_generator, split_names)
+from .labels import STRATEGIES
+from .metrics import per_image_metrics
+from .presets import ATTACK_NAMES, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
+from .store import ResultStore, aggregate, aggregate_ci, records_frame, run_key
+from .target import Target
 from .utils import param_hash, resolve_device
 from .validate import check_choice, check_positive
-
-GENERAL = ("random", "extreme")
-LABEL_SPECIFIED = ("reduce", "augment")
-METRICS_VERSION = "logits-halfties"  # in the run key: records scored on probabilities are not reused
-
-def derive_seed(*parts) -> int:
-    """A 62-bit seed from any printable parts (stable across processes and platforms)."""
-    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
-def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
-# ----------------------------------------------------------------------------- attack set and targets
-def attack_set(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly,
-    ``(scores >= 0.5) == y`` on all ``L`` labels. ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool."""
-    return ((scores >= THRESHOLD) == y).all(1).nonzero().flatten()
-
-
-def draw_targets(y: torch.Tensor, candidates: torch.Tensor, strategy: str, n: int, *, seed: int,
-                 dataset: str = "", label=None, names=None):
-    """Draw ``n`` images of ``candidates`` (indices into ``y``) eligible for ``strategy``, and their targets.
-
-    Returns ``(idx (n',), A (n', L), B (n', L), n_eligible)`` with ``idx`` sorted ascending and
-    ``n' = min(n, n_eligible)``. The draw (a permutation of the eligible images, first ``n`` kept) and
-    the random-case labels come from generators seeded by ``(seed, dataset, strategy)`` only.
-    """
-    yc = y[candidates]
-    target = make_target(strategy, yc, label=label, names=names, generator=_generator(seed, dataset, strategy, "target"))
-    eligible = target.eligible.nonzero().flatten()
-    perm = torch.randperm(len(eligible), generator=_generator(seed, dataset, strategy, "draw"))
-    pick = eligible[perm[:n]].sort().values
-    return candidates[pick], target.A[pick], target.B[pick], int(len(eligible))
-
-
-def project_rmsd(x: torch.Tensor, x_adv: torch.Tensor, max_rmsd: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project each perturbation onto the RMSD ball of radius ``max_rmsd`` (0-255 scale, Sec. IV-D).
-
-    ``x``, ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``. Returns ``(x_proj (N, C, H, W), projected (N,) bool)``;
-    ``r <- r * min(1, max_rmsd / RMSD(r))``, unchanged where the bound already holds.
-    """
-    r = x_adv - x
-    rmsd = (r * 255.0).flatten(1).pow(2).mean(1).sqrt()
-    projected = rmsd > max_rmsd
-    scale = torch.where(projected, max_rmsd / rmsd.clamp(min=1e-12), torch.ones_like(rmsd))
-    return (x + r * scale.view(-1, 1, 1, 1)).clamp(0.0, 1.0), projected
-
 
 # ----------------------------------------------------------------------------- distributed helpers
 def dist_context(device: torch.device) -> tuple[int, int, torch.device, bool]:
@@ -132,13 +85,11 @@ def _barrier(world: int) -> None:
 
 
 # ----------------------------------------------------------------------------- running one chunk
-def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd, *, split: bool = True):
+def _run_chunk(fn, model, x, target: Target, params, seed_parts, max_rmsd, *, split: bool = True):
     """Attack one chunk; returns the per-image record fields. On out-of-memory the chunk is split in
     halves when ``split`` (not for a scenario-ε row, whose ε depends on every image of the call)."""
-    from .metrics import per_image_metrics
-
     try:
-        res = fn(model, x, y, A, B, generator=_generator(*seed_parts), progress=False, **params)
+        res = fn(model, x, target, generator=seeded_generator(*seed_parts), progress=False, **params)
     except torch.OutOfMemoryError as err:
         if not split:
             raise torch.OutOfMemoryError(
@@ -151,8 +102,8 @@ def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd, *, split: bo
         if acc is not None and hasattr(acc, "empty_cache"):
             acc.empty_cache()
         h = x.shape[0] // 2
-        return (_run_chunk(fn, model, x[:h], y[:h], A[:h], B[:h], params, (*seed_parts, "a"), max_rmsd)
-                + _run_chunk(fn, model, x[h:], y[h:], A[h:], B[h:], params, (*seed_parts, "b"), max_rmsd))
+        return (_run_chunk(fn, model, x[:h], target[:h], params, (*seed_parts, "a"), max_rmsd)
+                + _run_chunk(fn, model, x[h:], target[h:], params, (*seed_parts, "b"), max_rmsd))
     x_adv, logits, scores = res.x_adv.detach(), res.logits.detach(), res.scores.detach()
     rmsd_raw = (x_adv - x).mul(255.0).flatten(1).pow(2).mean(1).sqrt()
     projected = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -164,46 +115,12 @@ def _run_chunk(fn, model, x, y, A, B, params, seed_parts, max_rmsd, *, split: bo
             logits, scores = logits.clone(), scores.clone()
             logits[projected] = relogits.to(logits.dtype)
             scores[projected] = torch.sigmoid(relogits).to(scores.dtype)
-    per = per_image_metrics(logits, x, x_adv, y, A, B)
-    ok = (((logits >= 0) == (y ^ A)) | ~(A | B)).all(1)
-    cols = {**per, "success": ok, "attack_success": res.success, "n_satisfied": res.n_satisfied,
+    per = per_image_metrics(logits, x, x_adv, target.y, target.A, target.B)
+    cols = {**per, "success": target.met(logits), "attack_success": res.success, "n_satisfied": res.n_satisfied,
             "iterations": res.iterations, "param": res.param, "attack_kendall_tau": res.kendall_tau,
             "projected": projected, "rmsd_raw": rmsd_raw, "scores_adv": scores, "logits_adv": logits}
     cols = {k: torch.as_tensor(v).detach().cpu().tolist() for k, v in cols.items()}
     return [{k: v[i] for k, v in cols.items()} for i in range(x.shape[0])]
-
-
-# ----------------------------------------------------------------------------- table rows
-def row_params(preset: Preset, row: str, params: dict | None = None) -> dict:
-    """The resolved keyword arguments of a table row: the preset's for its attack, then the paper form
-    (:data:`mlnb.presets.PAPER_FORMS`), then ``params[row]`` (``params`` is keyed by row name)."""
-    return {**preset.attack_params(row_attack(row)), **PAPER_FORMS.get(row, {}), **(params or {}).get(row, {})}
-
-
-def is_scenario_row(p: dict) -> bool:
-    """Must a row with resolved params ``p`` see a whole scenario in one call? Yes when it picks one ε
-    for all images of a call (``eps="scenario"``), and for ML-DP's paper form, which drives every label
-    onto the 0.5 line where float32 rounding (different for different batch sizes) decides each
-    constraint: attacking the scenario in one call keeps its table independent of the runner's batch size."""
-    return (isinstance(p.get("eps"), str) and p["eps"] == "scenario") or p.get("form") == "paper"
-
-
-def plan_chunks(n_images: int, batch_size: int, scenario: bool) -> list[list[int]]:
-    """Positions ``0..n_images-1`` in chunks of ``batch_size``; a single chunk for a scenario row."""
-    if scenario:
-        return [list(range(n_images))] if n_images else []
-    return [list(range(i, min(i + batch_size, n_images))) for i in range(0, n_images, batch_size)]
-
-
-def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
-    """What a run key hashes: everything that changes a row's per-image results (``fields``: seed, n,
-    max_rmsd, label). The runner's ``batch_size`` is left out (no attack draws random numbers, so the
-    chunks do not change results), except for a scenario-ε row, attacked in one call: ``"scenario"``."""
-    key = {"attack": row, "function": row_attack(row), "params": p, "n_test": preset.n_test,
-           "image_size": preset.image_size, "metrics": METRICS_VERSION, **fields}
-    if is_scenario_row(p):
-        key["batch_size"] = "scenario"
-    return key
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -211,7 +128,7 @@ def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
 class ExperimentResult:
     """What :func:`run_experiment` returns.
 
-    ``table``: the paper's table, index ``(dataset, strategy, attack)``, columns :data:`COLUMNS`
+    ``table``: the paper's table, index ``(dataset, strategy, attack)``, columns :data:`mlnb.store.TABLE_COLUMNS`
     (means over images, NaN-aware); ``records``: one row per (dataset, strategy, attack, image);
     ``attack_set_size`` ``{dataset: |X|}``; ``eligible`` ``{(dataset, strategy): eligible images in X}``.
     """
@@ -223,14 +140,19 @@ class ExperimentResult:
     label_names: dict = field(default_factory=dict)
     store_root: Path | None = None
 
+    def overview(self, dataset: str) -> str:
+        """One line: ``|X|`` of ``dataset`` and the images of ``X`` eligible for each strategy."""
+        eligible = ", ".join(f"{s} {n}" for (d, s), n in self.eligible.items() if d == dataset)
+        return f"{dataset}: |X| = {self.attack_set_size[dataset]} correctly classified test images; eligible: {eligible}"
 
-def _names(value, valid, what: str) -> list[str]:
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    if not items:
-        raise ValueError(f"no {what} given: choose from {', '.join(valid)}")
-    for v in items:
-        check_choice(what, v, valid)
-    return items
+    def with_intervals(self, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """``(table, lo, hi)`` of ``dataset``: the means of :attr:`table` and their 95% bootstrap intervals
+        over images (:func:`mlnb.store.aggregate_ci`), index ``(strategy, attack)`` in the order run."""
+        table = self.table.xs(dataset, level="dataset")
+        strategies = list(dict.fromkeys(table.index.get_level_values("strategy")))
+        attacks = list(dict.fromkeys(table.index.get_level_values("attack")))
+        lo, hi = (t.xs(dataset, level="dataset") for t in aggregate_ci(self.records, strategies, attacks))
+        return table, lo, hi
 
 
 def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world: int, download: bool = False):
@@ -284,7 +206,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     from .models import predict_scores
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    attacks, strategies = _names(attacks, ROW_NAMES, "attack"), _names(strategies, STRATEGIES, "strategy")
+    attacks, strategies = split_names(attacks, ROW_NAMES, "attack"), split_names(strategies, STRATEGIES, "strategy")
     datasets = preset.datasets  # one target model per data set (Table IV: VOC 2007 and VOC 2012)
     max_rmsd = preset.max_rmsd if max_rmsd is ... else max_rmsd
     if max_rmsd is not None:
@@ -314,7 +236,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                 label = {"reduce": preset.reduce_label, "augment": preset.augment_label}.get(strategy)
                 n_s = n.get(strategy) if isinstance(n, dict) else n
                 n_s = int(n_s if n_s is not None else (preset.n_general if strategy in GENERAL else preset.n_label_specified))
-                idx, A, B, n_el = draw_targets(y_all, X, strategy, n_s, seed=seed, dataset=dataset,
+                idx, goal, n_el = draw_targets(y_all, X, strategy, n_s, seed=seed, dataset=dataset,
                                                label=label, names=ds.label_names)
                 eligible[(dataset, strategy)] = n_el
                 for attack in attacks:  # a table row
@@ -331,11 +253,10 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                     bar = _bar(mine, progress and rank == 0, f"{attack}/{strategy}")
                     for k, c in bar:
                         ii = idx[c]
-                        x, y = ds.tensors(ii)
-                        x, y, a, b = x.to(dev), y.to(dev), A[c].to(dev), B[c].to(dev)
-                        recs = _run_chunk(ATTACKS[row_attack(attack)], model, x, y, a, b, p,
+                        x, _ = ds.tensors(ii)
+                        recs = _run_chunk(ATTACKS[row_attack(attack)], model, x.to(dev), goal[c].to(dev), p,
                                           (seed, dataset, attack, strategy, k), max_rmsd, split=not scenario)
-                        for i, r, a_row in zip(ii.tolist(), recs, A[c]):
+                        for i, r, a_row in zip(ii.tolist(), recs, goal.A[c]):
                             r.update(index=i, image_id=ds.ids[i], dataset=dataset, strategy=strategy, attack=attack,
                                      label=label, A=a_row.nonzero().flatten().tolist(),
                                      scores_clean=scores_all[i].tolist())

@@ -3,15 +3,13 @@ pick an attack and its budget, run, and look at the scores, the adversarial imag
 
 The handlers are plain functions of an :class:`ExplorerState` (testable without a browser):
 :func:`make_state`, :func:`select_image`, :func:`toggle_label`, :func:`set_attack`,
-:func:`default_selection`, :func:`run_attack`, :func:`render`. :func:`build_app` is the thin
-ipywidgets layer that calls them. Label sets follow Sec. II of the paper: ``A`` (flip), ``B``
-(keep), ``C`` (the rest, unconstrained); ``A`` and ``B`` stay disjoint.
+:func:`default_selection`, :func:`run_attack`, :func:`render`. ``mlnb.explorer_app.build_app`` is
+the thin ipywidgets layer that calls them. Label sets follow Sec. II of the paper: ``A`` (flip),
+``B`` (keep), ``C`` (the rest, unconstrained); ``A`` and ``B`` stay disjoint.
 
 Introduced in notebooks/10_explorer.ipynb.
 """
 from __future__ import annotations
-
-import io
 
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -19,7 +17,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .case_study import case_study_sets
+from .metrics import rmsd
 from .presets import ATTACK_NAMES
+from .target import Target
 from .validate import (check_choice, check_eval_model, check_images, check_label_index, check_label_matrix,
                        check_positive, check_same_rows)
 
@@ -177,38 +178,8 @@ def set_attack(state: ExplorerState, attack: str, budget: int | None = None) -> 
     return state
 
 
-def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None, names: Sequence[str] | None = None,
-                    prefer_a: Sequence[str] = (), prefer_b: Sequence[str] = ()) -> tuple[list[int], list[int]]:
-    """Fig. 2's target for one image: ``A`` = {a positive, a negative}, ``B`` = {another positive,
-    another negative}. ``y_row``: ``(L,)`` bool with at least two positives and two negatives.
-
-    The named ``prefer_a`` / ``prefer_b`` are used when all exist and match (one positive and one
-    negative each; the paper: A = {person, cow}, B = {bottle, sofa}). Otherwise, by clean score
-    ``scores_row`` ``(L,)`` (or the index order): A takes the most confident positive and the most
-    probable negative, B the next ones.
-
-    Introduced in notebooks/08_case_study.ipynb.
-    """
-    if y_row.dim() != 1 or y_row.dtype != torch.bool:
-        raise ValueError(f"y_row must be a 1-D bool tensor (L,), got {tuple(y_row.shape)} {y_row.dtype}")
-    pos = y_row.nonzero().flatten().tolist()
-    neg = (~y_row).nonzero().flatten().tolist()
-    if len(pos) < 2 or len(neg) < 2:
-        raise ValueError(f"the case study needs an image with >= 2 positive and >= 2 negative labels, "
-                         f"got {len(pos)} positive and {len(neg)} negative: pick another image")
-    if names is not None and prefer_a and prefer_b and set(prefer_a) | set(prefer_b) <= set(names):
-        a = [list(names).index(n) for n in prefer_a]
-        b = [list(names).index(n) for n in prefer_b]
-        if all(len(s) == 2 and sum(bool(y_row[j]) for j in s) == 1 for s in (a, b)):
-            return a, b
-    s = scores_row if scores_row is not None else -torch.arange(len(y_row), dtype=torch.float)
-    pos.sort(key=lambda j: -float(s[j]))
-    neg.sort(key=lambda j: -float(s[j]))
-    return [pos[0], neg[0]], [pos[1], neg[1]]
-
-
 def default_selection(state: ExplorerState, prefer_a: Sequence[str] = (), prefer_b: Sequence[str] = ()) -> ExplorerState:
-    """Tick the case-study target (:func:`case_study_sets`) for the current image.
+    """Tick the case-study target (:func:`mlnb.case_study.case_study_sets`) for the current image.
 
     Introduced in notebooks/10_explorer.ipynb.
     """
@@ -222,17 +193,19 @@ def default_selection(state: ExplorerState, prefer_a: Sequence[str] = (), prefer
     return state
 
 
-def target_masks(state: ExplorerState) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, B)``: ``(1, L)`` bool masks of the current selection.
+def selected_target(state: ExplorerState) -> Target:
+    """The current image's :class:`~mlnb.target.Target` (one row): its labels and the ticked ``A`` / ``B``.
 
     Introduced in notebooks/10_explorer.ipynb.
     """
+    if not state.A:
+        raise ValueError("A is empty: tick at least one label to flip (the paper requires A != {})")
     L = len(state.label_names)
     A = torch.zeros(1, L, dtype=torch.bool, device=state.y.device)
     B = torch.zeros_like(A)
     A[0, sorted(state.A)] = True
     B[0, sorted(state.B)] = True
-    return A, B
+    return Target(state.y[state.index:state.index + 1], A, B)
 
 
 def run_attack(state: ExplorerState, attacks: Mapping[str, Callable] | None = None) -> ExplorerResult:
@@ -241,21 +214,18 @@ def run_attack(state: ExplorerState, attacks: Mapping[str, Callable] | None = No
 
     Introduced in notebooks/10_explorer.ipynb.
     """
-    if not state.A:
-        raise ValueError("A is empty: tick at least one label to flip (the paper requires A != {})")
+    target = selected_target(state)
     if attacks is None:
         from .attacks import ATTACKS as attacks
     i = state.index
-    x, y = state.x[i:i + 1], state.y[i:i + 1]
-    A, B = target_masks(state)
+    x = state.x[i:i + 1]
     params = budget_params(state.attack, state.budget, state.attack_params.get(state.attack))
     gen = torch.Generator().manual_seed(state.seed)
-    res = attacks[state.attack](state.model, x, y, A, B, generator=gen, progress=False, **params)
-    r = (res.x_adv[0] - x[0]) * 255
+    res = attacks[state.attack](state.model, x, target.y, target.A, target.B, generator=gen, progress=False, **params)
     state.result = ExplorerResult(
         x=x[0], x_adv=res.x_adv[0].detach(), before=state.scores[i], after=res.scores[0].detach(),
         A=tuple(sorted(state.A)), B=tuple(sorted(state.B)), success=bool(res.success[0]),
-        n_satisfied=int(res.n_satisfied[0]), rmsd=float(r.pow(2).mean().sqrt()), attack=state.attack,
+        n_satisfied=int(res.n_satisfied[0]), rmsd=float(rmsd(x, res.x_adv)[0]), attack=state.attack,
         params=params)
     return state.result
 
@@ -275,82 +245,13 @@ def describe(state: ExplorerState, result: ExplorerResult | None = None) -> str:
 
 
 def render(state: ExplorerState, result: ExplorerResult | None = None):
-    """The explorer's figure (``mlnb.figures.explorer_view``) for the current image and ``result``.
+    """The explorer's figure (``mlnb.plots.explorer_view``) for the current image and ``result``.
 
     Introduced in notebooks/10_explorer.ipynb.
     """
-    from .figures import explorer_view
+    from .plots import explorer_view
 
     i = state.index
     return explorer_view(state.x[i], None if result is None else result.x_adv, state.label_names,
                          state.scores[i], None if result is None else result.after, state.roles(),
                          title=describe(state, result))
-
-
-def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = None):
-    """The ipywidgets app (a ``VBox``) wired to the handlers above; ``app.controls`` holds the
-    widgets (``image``, ``labels``, ``attack``, ``budget``, ``run``, ``status``, ``output``) so a
-    script or test can drive it (``app.controls["run"].click()``).
-
-    Introduced in notebooks/10_explorer.ipynb.
-    """
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
-
-    image = W.IntSlider(value=state.index, min=0, max=state.x.shape[0] - 1, description="image")
-    labels = {j: W.ToggleButtons(options=list(SETS), value=role, description=name,
-                                 style={"button_width": "32px"})
-              for j, (name, role) in enumerate(zip(state.label_names, state.roles()))}
-    attack = W.Dropdown(options=list(ATTACK_NAMES), value=state.attack, description="attack")
-    budget = W.IntSlider(value=state.budget, min=1, max=BUDGET_LIMITS["iter"][1], description="budget")
-    run = W.Button(description="Run", button_style="danger")
-    status = W.HTML()
-    # the figure is shown as PNG bytes in an Image widget, not through an Output widget: capturing
-    # display() into an Output widget can leave a headless client (papermill / nbclient) waiting
-    output = W.Image(format="png")
-    busy = {"sync": False}
-
-    def sync(*_):
-        busy["sync"] = True
-        for j, role in enumerate(state.roles()):
-            labels[j].value = role
-        kind = "eps" if state.attack in EPS_ATTACKS else "iter"
-        budget.max = BUDGET_LIMITS[kind][1]
-        budget.value = state.budget
-        budget.description = "ε x 255" if kind == "eps" else "iterations"
-        status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
-        busy["sync"] = False
-        fig = render(state, state.result)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        output.value = buf.getvalue()
-
-    def on_label(j):
-        def handler(change):
-            if not busy["sync"]:
-                toggle_label(state, j, change["new"])
-                sync()
-        return handler
-
-    def on_run(_):
-        try:
-            run_attack(state, attacks)
-        except ValueError as err:
-            status.value = f"<b>cannot run:</b> {str(err).replace('<', '&lt;')}"
-            return
-        sync()
-
-    image.observe(lambda c: (select_image(state, c["new"]), sync()), names="value")
-    attack.observe(lambda c: (set_attack(state, c["new"]), sync()), names="value")
-    budget.observe(lambda c: None if busy["sync"] else (set_attack(state, state.attack, c["new"]), sync()),
-                   names="value")
-    for j, widget in labels.items():
-        widget.observe(on_label(j), names="value")
-    run.on_click(on_run)
-    app = W.VBox([W.HBox([image, attack, budget, run]), W.GridBox(list(labels.values()),
-                  layout=W.Layout(grid_template_columns="repeat(2, 1fr)")), status, output])
-    app.controls = {"image": image, "labels": labels, "attack": attack, "budget": budget, "run": run,
-                    "status": status, "output": output}
-    sync()
-    return app

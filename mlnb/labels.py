@@ -8,43 +8,18 @@ Conventions used throughout ``mlnb``:
 * the target label vector is ``y* = y XOR A`` (Sec. II: ``h_a(x*) != y_a`` for ``a ∈ A``,
   ``h_b(x*) = y_b`` for ``b ∈ B``).
 
-Target generators return a :class:`Target` ``(A, B, eligible)``; ``eligible`` is an ``(N,)``
-bool mask of the images the strategy applies to (rows of ineligible images are all-False).
+A :class:`Target` carries ``y``, ``A``, ``B`` and all that is derived from them, and decides success
+(the one definition used everywhere). Strategies return a Target whose ``eligible`` ``(N,)`` bool mask
+marks the images the strategy applies to (rows of ineligible images are all-False).
 
 Introduced in notebooks/00_definitions.ipynb.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
+from .target import OMEGA_ZERO_CHOICES, Divisions, Target, _criterion, _divisions  # noqa: F401 (Divisions: public here too)
 from .validate import check_choice, check_label_index, check_label_matrix, check_target
-
-OMEGA_ZERO_CHOICES = ("C", "C-1", "C1", "empty")
-
-
-class Target(NamedTuple):
-    """A targeted attack specification: ``A``, ``B`` ``(N, L)`` bool and ``eligible`` ``(N,)`` bool."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    eligible: torch.Tensor
-
-
-class Divisions(NamedTuple):
-    """The six cells of Table I and the three ranking sets of Sec. III-A2, each ``(N, L)`` bool."""
-
-    A1: torch.Tensor  # A ∩ Y1   positive, to be flipped off
-    Am1: torch.Tensor  # A ∩ Y-1  negative, to be flipped on
-    B1: torch.Tensor  # B ∩ Y1   positive, kept
-    Bm1: torch.Tensor  # B ∩ Y-1  negative, kept
-    C1: torch.Tensor  # C ∩ Y1
-    Cm1: torch.Tensor  # C ∩ Y-1
-    omega_minus: torch.Tensor  # A1 ∪ B-1: must end up negative (low scores)
-    omega_plus: torch.Tensor  # A-1 ∪ B1: must end up positive (high scores)
-    omega_zero: torch.Tensor  # the "middle" labels: C, C-1, C1 or empty
-
 
 def target_labels(y: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Target labels ``y* = y`` with the labels of ``A`` flipped. ``(N, L)`` bool -> ``(N, L)`` bool."""
@@ -63,12 +38,7 @@ def divisions(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor, omega_zero: str
     """
     check_target(y, A, B, require_nonempty_a=False)
     check_choice("omega_zero", omega_zero, OMEGA_ZERO_CHOICES)
-    C = ~(A | B)
-    neg = ~y
-    cells = dict(A1=A & y, Am1=A & neg, B1=B & y, Bm1=B & neg, C1=C & y, Cm1=C & neg)
-    middle = {"C": C, "C-1": cells["Cm1"], "C1": cells["C1"], "empty": torch.zeros_like(C)}[omega_zero]
-    return Divisions(**cells, omega_minus=cells["A1"] | cells["Bm1"],
-                     omega_plus=cells["Am1"] | cells["B1"], omega_zero=middle)
+    return _divisions(y, A, B, omega_zero)
 
 
 def kendall_criterion(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -77,11 +47,7 @@ def kendall_criterion(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torc
     ``A1 -> -2``, ``B-1 -> -1``, ``C -> 0``, ``B1 -> 1``, ``A-1 -> 2``: the order the ranking
     constraints of Eq. (2) and Eq. (10) ask the scores to follow.
     """
-    d = divisions(y, A, B)
-    out = torch.zeros(y.shape, dtype=torch.int8, device=y.device)
-    for mask, value in ((d.A1, -2), (d.Bm1, -1), (d.B1, 1), (d.Am1, 2)):
-        out[mask] = value
-    return out
+    return _criterion(divisions(y, A, B))
 
 
 def _pick_one(mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -97,9 +63,9 @@ def _gen_device(generator: torch.Generator | None) -> torch.device | str:
     return generator.device if generator is not None else "cpu"
 
 
-def _finish(A: torch.Tensor, B: torch.Tensor, eligible: torch.Tensor) -> Target:
+def _finish(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor, eligible: torch.Tensor) -> Target:
     A, B = A & eligible[:, None], B & eligible[:, None]
-    return Target(A, B, eligible)
+    return Target._trusted(y, A, B, eligible)
 
 
 def random_case(y: torch.Tensor, generator: torch.Generator | None = None) -> Target:
@@ -108,13 +74,13 @@ def random_case(y: torch.Tensor, generator: torch.Generator | None = None) -> Ta
     check_label_matrix(y, "y")
     eligible = y.any(1) & (~y).any(1)
     A = _pick_one(y, generator) | _pick_one(~y, generator)
-    return _finish(A, ~A, eligible)
+    return _finish(y, A, ~A, eligible)
 
 
 def extreme_case(y: torch.Tensor) -> Target:
     """Extreme case (Sec. IV-E): flip every label, ``A = L`` and ``B = ∅``. Every image is eligible."""
     check_label_matrix(y, "y")
-    return _finish(torch.ones_like(y), torch.zeros_like(y), torch.ones(y.shape[0], dtype=torch.bool, device=y.device))
+    return _finish(y, torch.ones_like(y), torch.zeros_like(y), torch.ones(y.shape[0], dtype=torch.bool, device=y.device))
 
 
 def reduce_label(y: torch.Tensor, j: int | str, names=None) -> Target:
@@ -127,7 +93,7 @@ def reduce_label(y: torch.Tensor, j: int | str, names=None) -> Target:
     j = check_label_index(j, y.shape[1], names)
     A = torch.zeros_like(y)
     A[:, j] = True
-    return _finish(A, ~A, y[:, j] & (y.sum(1) >= 2))
+    return _finish(y, A, ~A, y[:, j] & (y.sum(1) >= 2))
 
 
 def augment_label(y: torch.Tensor, j: int | str, names=None) -> Target:
@@ -139,28 +105,28 @@ def augment_label(y: torch.Tensor, j: int | str, names=None) -> Target:
     j = check_label_index(j, y.shape[1], names)
     A = torch.zeros_like(y)
     A[:, j] = True
-    return _finish(A, ~A, ~y[:, j])
+    return _finish(y, A, ~A, ~y[:, j])
 
 
 def hide_single(y: torch.Tensor, generator: torch.Generator | None = None) -> Target:
     """Extra: hide one random positive label, keep all others. Eligible: at least one positive."""
     check_label_matrix(y, "y")
     A = _pick_one(y, generator)
-    return _finish(A, ~A, y.any(1))
+    return _finish(y, A, ~A, y.any(1))
 
 
 def hide_all(y: torch.Tensor) -> Target:
     """Extra: hide every positive label and keep the negatives (``A = Y1``, ``B = Y-1``).
     Eligible: at least one positive."""
     check_label_matrix(y, "y")
-    return _finish(y.clone(), ~y, y.any(1))
+    return _finish(y, y.clone(), ~y, y.any(1))
 
 
 def show_all(y: torch.Tensor) -> Target:
     """Extra: switch on every negative label and keep the positives (``A = Y-1``, ``B = Y1``).
     Eligible: at least one negative."""
     check_label_matrix(y, "y")
-    return _finish(~y, y.clone(), (~y).any(1))
+    return _finish(y, ~y, y.clone(), (~y).any(1))
 
 
 STRATEGIES = {

@@ -9,7 +9,7 @@ model's logits at ``x_adv``: float32 probabilities saturate (``sigmoid(z)`` is e
 ``z`` of about 16.6), so ranking metrics on them see ties the logits do not have. The ranking
 metrics (ranking loss, AP / mAP, instance AUC, Kendall τ_b) depend on the order only, which sigmoid
 keeps; the paper's prediction ``h_i = [f_i >= 0.5]`` (Sec. IV-D) is ``logit >= 0`` exactly
-(:func:`predict_logits`). The *target* labels ``y* = y XOR A`` are the ground truth. Table III
+(:func:`predict_from_logits`). The *target* labels ``y* = y XOR A`` are the ground truth. Table III
 (:func:`model_quality`) keeps taking probabilities, as :func:`mlnb.models.predict_scores` gives them.
 
 **One tie rule.** A tied (positive, negative) pair counts 1/2: 1/2 correct in the instance AUC (as
@@ -42,13 +42,13 @@ import math
 
 import torch
 
-from .labels import kendall_criterion
+from .target import LOGIT_THRESHOLD, THRESHOLD, Target
 from .validate import (check_eval_model, check_images, check_label_matrix, check_logits,
-                       check_positive, check_same_rows, check_target)
+                       check_positive, check_same_rows)
 
-THRESHOLD = 0.5  # h_i(x) = 1 iff f_i(x) >= 0.5 (Sec. IV-D)
-LOGIT_THRESHOLD = 0.0  # the same threshold on logits: sigmoid(z) >= 0.5 iff z >= 0
-ATTACK_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
+METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")  # per_image_metrics
+METRIC_COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",  # key -> the
+                  "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}  # paper's column
 
 
 # ----------------------------------------------------------------------------- checks
@@ -90,7 +90,7 @@ def predict(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     return scores >= threshold
 
 
-def predict_logits(logits: torch.Tensor) -> torch.Tensor:
+def predict_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Predicted labels from logits, ``h_i = [z_i >= 0]``: ``(N, L)`` -> ``(N, L)`` bool; equal to
     ``predict(torch.sigmoid(logits))`` (``sigmoid(z) >= 0.5`` iff ``z >= 0``) without the rounding."""
     _check_scores(logits, "logits", what="logits")
@@ -223,16 +223,17 @@ def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
     _check_like(y_tau, "y_tau", scores, "scores", boolean=False)
     if y_tau.is_floating_point() or y_tau.dtype == torch.bool:
         raise ValueError(f"y_tau must be an integer tensor (from mlnb.labels.kendall_criterion), got {y_tau.dtype}")
-    return _kendall_tau_b_kernel(scores, y_tau)
+    return tau_b_kernel(scores, y_tau)
 
 
-def _kendall_tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
-    """Unvalidated kernel of :func:`kendall_tau_b`, shared with the attack driver (which calls it every
+def tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
+    """Unvalidated kernel of :func:`kendall_tau_b` (one implementation, two doors: validate at the
+    boundary, not in the loop), used by the attack driver (which calls it every
     step on ``(n, L)`` logits). ``y_tau`` may be integer, bool or float; the result has the dtype of
     ``scores`` (float32 logits are safe: only signs of differences and integer pair counts are used).
     NaN where a row of ``scores`` or ``y_tau`` is constant."""
     if scores.dtype in (torch.float16, torch.bfloat16):  # their pair counts overflow / round (L >= 17)
-        return _kendall_tau_b_kernel(scores.float(), y_tau).to(scores.dtype)
+        return tau_b_kernel(scores.float(), y_tau).to(scores.dtype)
     dx = torch.sign(scores[:, :, None] - scores[:, None, :])
     t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
     dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dx.dtype)
@@ -257,13 +258,13 @@ def per_image_metrics(logits_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Te
     ``logit >= 0`` (probability ``>= 0.5``, exactly); the ranking metrics and Kendall τ_b (against
     ``y_τ`` of Sec. III-C2) use the logits' order. The target labels ``y* = y XOR A`` are the ground truth.
     """
-    check_target(y, A, B)
+    target = Target(y, A, B)
     _check_scores(logits_adv, "logits_adv", what="logits")
     _check_like(y, "y", logits_adv, "logits_adv")
     check_images(x, "x")
     check_images(x_adv, "x_adv")
     check_same_rows(x=x, x_adv=x_adv, y=y)
-    y_star = y ^ A
+    y_star = target.y_star
     pred = logits_adv >= LOGIT_THRESHOLD
     return {
         "rmsd": rmsd(x, x_adv),
@@ -273,7 +274,7 @@ def per_image_metrics(logits_adv: torch.Tensor, x: torch.Tensor, x_adv: torch.Te
         "ranking_loss": ranking_loss(logits_adv, y_star),
         "map": average_precision(logits_adv, y_star),
         "auc": instance_auc(logits_adv, y_star),
-        "kendall_tau_b": kendall_tau_b(logits_adv, kendall_criterion(y, A, B)),
+        "kendall_tau_b": kendall_tau_b(logits_adv, target.y_tau),
     }
 
 

@@ -37,16 +37,14 @@ import pandas as pd
 
 from .labels import STRATEGIES
 from .presets import ROW_NAMES
+from .metrics import METRIC_COLUMNS, METRIC_KEYS
 from .utils import atomic_write_text, to_jsonable
 from .validate import check_positive
 
-METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")
-COLUMNS = {"rmsd": "RMSD", "hamming_A": "Hamming(A)", "hamming_B": "Hamming(B)", "f1": "F1",
-           "ranking_loss": "Ranking loss", "map": "mAP", "auc": "AUC", "kendall_tau_b": "Kendall tau-b"}
 HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
                     "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True,
                     "Success": True, "Clean": False}
-TABLE_COLUMNS = (*COLUMNS.values(), "Success", "Clean")  # the columns of aggregate()
+TABLE_COLUMNS = (*METRIC_COLUMNS.values(), "Success", "Clean")  # the columns of aggregate()
 GROUP = ["dataset", "strategy", "attack"]
 MERGED = "results.jsonl"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
@@ -183,7 +181,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 def _values(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-image values behind each table column: the metrics, RMSD NaN on a clean-image fallback
     (``rmsd == 0``), ``Success`` 0 / 1 (NaN if unknown) and ``Clean`` 0 / 1."""
-    v = frame[list(METRIC_KEYS)].astype(float).rename(columns=COLUMNS)
+    v = frame[list(METRIC_KEYS)].astype(float).rename(columns=METRIC_COLUMNS)
     v["RMSD"] = v["RMSD"].where(v["RMSD"] > 0)
     v["Success"] = frame["success"].astype(float) if "success" in frame else np.nan
     v["Clean"] = (frame["rmsd"].astype(float) == 0).astype(float)

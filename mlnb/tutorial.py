@@ -1,24 +1,22 @@
 """What the attack notebooks 02-05 share: the attacked images and their random-case targets (Sec. IV-E),
-two display helpers, and the two tools of their from-scratch comparisons (one image on the CPU, a
-switch for the driver's early abort).
+two display helpers, and the tool of their from-scratch comparisons (one image on the CPU).
 
 Introduced in notebooks/02_baselines_fgs_fg.ipynb.
 """
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from . import attack_search
 from .data import load_dataset
 from .labels import random_case
 from .metrics import LOGIT_THRESHOLD, per_image_metrics
 from .models import predict_logits
 from .presets import get_preset
+from .target import Target
 from .training import get_target_model
 from .validate import check_eval_model, check_images, check_label_matrix, check_positive, check_same_rows
 
@@ -44,6 +42,11 @@ class AttackSet:
     names: tuple
     n_candidates: int
     n_in_X: int
+
+    @property
+    def target(self) -> Target:
+        """The images' :class:`~mlnb.target.Target` (``y``, ``A``, ``B``): pass it to any attack."""
+        return Target(self.y, self.A, self.B)
 
     def summary(self) -> str:
         """One line: how many candidates were in X and eligible, how many images are attacked."""
@@ -145,15 +148,3 @@ def on_cpu(data: AttackSet, i: int) -> tuple:
     on = all(p.device.type == "cpu" for p in data.model.parameters())
     model = data.model if on else copy.deepcopy(data.model).cpu()
     return (model, *(t[i:i + 1].cpu() for t in (data.x, data.y, data.A, data.B)))
-
-
-@contextmanager
-def no_early_abort():
-    """Within the block, every λ run of ML-CW / Rank I / Rank II takes all ``max_iter`` steps
-    (:data:`mlnb.attack_search.EARLY_ABORT` off), as a plain from-scratch loop does."""
-    saved = attack_search.EARLY_ABORT
-    attack_search.EARLY_ABORT = False
-    try:
-        yield
-    finally:
-        attack_search.EARLY_ABORT = saved

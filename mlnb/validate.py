@@ -44,6 +44,15 @@ def check_int(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}: pass e.g. {name}={max(minimum, 10)}")
 
 
+def check_int_range(name: str, value, lo: int, hi: int) -> int:
+    """A whole number in ``[lo, hi]`` (a JPEG quality, a bit depth, a bin count); returns it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int in [{lo}, {hi}], got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}: pass e.g. {name}={hi}")
+    return value
+
+
 def check_images(x, name: str = "x") -> None:
     """Images: a float tensor ``(N, C, H, W)`` with finite values in ``[0, 1]``."""
     if not isinstance(x, torch.Tensor):

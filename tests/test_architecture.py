@@ -3,8 +3,10 @@
 Everything here reads files (Markdown, Python through ``ast``, notebook JSON); nothing imports
 ``mlnb``, so these tests take well under a second and never run a kernel.
 
-* The "## Modules" table has one row for every ``mlnb/*.py`` module, names no module that does not
-  exist, and every name it puts in backticks exists in its row's module.
+* The "## Modules" table has one row for every module of the package (``mlnb/*.py`` and the modules of
+  its subpackages, named by their path under ``mlnb/``: ``attacks/ml_cw.py``; a subpackage's
+  ``__init__.py`` counts when it defines something), names no module that does not exist, and every
+  name it puts in backticks exists in its row's module.
 * Every module over 300 lines is listed in "## Conventions" as ``- `name.py` (N lines): reason``,
   with ``N`` within 10 of the real count.
 * Every notebook named in ``mlnb/`` exists, and the notebook that a public function's or class's
@@ -32,11 +34,9 @@ MAX_LINES = 300  # the "small and flat" limit of the Conventions section
 LINE_SLACK = 10  # how far a documented line count may drift before the test asks for an update
 FILE_SUFFIXES = {"py", "csv", "png", "svg", "json", "jsonl", "html", "ipynb", "md", "txt"}
 
-# Wrong "Introduced in" references in modules that cannot be edited now (mutation testing of
-# probability, attack_losses, attack_search, attack_onestep, attack_deepfool, labels, metrics,
-# store, claims, claims_stats and experiments resets on any edit). Key: (module, function or class,
-# or "" for the module docstring) -> the notebook that should be named; fix the docstring, then drop
-# the entry. Empty: every reference checked here is right today.
+# Wrong "Introduced in" references allowed for now. Key: (module, function or class, or "" for the
+# module docstring) -> the notebook that should be named; fix the docstring, then drop the entry.
+# Empty: every reference checked here is right today.
 KNOWN_WRONG: dict[tuple[str, str], str] = {}
 
 IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -45,10 +45,42 @@ NOTEBOOK_NAME = re.compile(r"\d\d_\w+\.ipynb")
 
 
 # ----------------------------------------------------------------------------- reading the sources
+def _defines_something(path: Path) -> bool:
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(getattr(n, "value", None), ast.Constant)) for n in body)
+
+
 @cache
 def modules() -> dict[str, Path]:
-    """``{stem: path}`` of every module of the package but ``__init__.py``."""
-    return {p.stem: p for p in sorted(PKG.glob("*.py")) if p.name != "__init__.py"}
+    """``{key: path}`` of every module of the package: the key is the path under ``mlnb/`` without
+    ``.py`` (``"metrics"``, ``"attacks/ml_cw"``, ``"attacks/__init__"``); the package's own
+    ``__init__.py`` and a subpackage ``__init__.py`` holding only a docstring are left out."""
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        key = p.relative_to(PKG).with_suffix("").as_posix()
+        if key == "__init__" or (p.name == "__init__.py" and not _defines_something(p)):
+            continue
+        out[key] = p
+    return out
+
+
+def dotted(module: str) -> str:
+    """``"attacks/__init__"`` -> ``"attacks"``, ``"attacks/losses"`` -> ``"attacks.losses"``."""
+    return module.removesuffix("/__init__").replace("/", ".")
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
+    """The package modules a relative ``from ... import ...`` of ``module`` names."""
+    base = module.split("/")[:-1]  # the package its relative imports start from
+    if node.level - 1 > len(base):
+        return []
+    base = base[:len(base) - (node.level - 1)]
+    known = modules()
+    if node.module:
+        path = "/".join([*base, *node.module.split(".")])
+        return [k for k in (path, path + "/__init__") if k in known]
+    return [k for a in node.names for k in ("/".join([*base, a.name]), "/".join([*base, a.name, "__init__"]))
+            if k in known]
 
 
 @cache
@@ -85,14 +117,26 @@ def bound_names(module: str) -> frozenset[str]:
 
 @cache
 def importers(module: str) -> frozenset[str]:
-    """The package's modules that import ``module`` (``from .m import x`` / ``from . import m``)."""
+    """The package's modules that import ``module`` (``from .m import x``, ``from . import m``,
+    ``from ..m import x`` inside a subpackage), directly."""
     out = set()
     for other in modules():
         for node in ast.walk(tree(other)):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and (
-                    node.module == module or (node.module is None and any(a.name == module for a in node.names))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1 and module in _resolve(other, node):
                 out.add(other)
     return frozenset(out - {module})
+
+
+@cache
+def reachers(module: str) -> frozenset[str]:
+    """The modules that import ``module`` directly or through others (``attacks`` reaches ``attacks/_state``)."""
+    seen, todo = set(), [module]
+    while todo:
+        for m in importers(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return frozenset(seen - {module})
 
 
 @cache
@@ -112,7 +156,10 @@ def uses(code: str, name: str) -> bool:
 
 
 def uses_module(code: str, module: str) -> bool:
-    return re.search(rf"\bmlnb\.{module}\b|\bfrom mlnb import [^\n]*\b{module}\b", code) is not None
+    name = re.escape(dotted(module))
+    head, _, last = dotted(module).rpartition(".")
+    from_parent = head and re.search(rf"\bfrom mlnb\.{re.escape(head)} import [^\n]*\b{re.escape(last)}\b", code)
+    return bool(re.search(rf"\bmlnb\.{name}\b|\bfrom mlnb import [^\n]*\b{name}\b", code) or from_parent)
 
 
 # ----------------------------------------------------------------------------- reading ARCHITECTURE.md
@@ -167,8 +214,8 @@ def referenced_names(token: str) -> list[tuple[str | None, str]]:
 def test_modules_table_lists_every_module_and_only_existing_ones():
     rows = table_rows()
     named = [tok for cells, _ in rows for tok in cells]
-    bad = [tok for tok in named if not re.fullmatch(r"\w+\.py", tok)]
-    assert not bad, f"first cells of the Modules table must name modules as `name.py`: {bad}"
+    bad = [tok for tok in named if not re.fullmatch(r"[\w/]+\.py", tok)]
+    assert not bad, f"first cells of the Modules table must name modules as `name.py` or `package/name.py`: {bad}"
     stems = [tok[:-3] for tok in named]
     missing = sorted(set(modules()) - set(stems))
     unknown = sorted(set(stems) - set(modules()))
@@ -202,7 +249,7 @@ def test_referenced_names_parser():
     assert referenced_names("load_dataset(name, split, n_examples=None)") == [(None, "load_dataset")]
     assert referenced_names("fgs, fg, ml_cw") == [(None, "fgs"), (None, "fg"), (None, "ml_cw")]
     assert referenced_names("presets.ROW_NAMES") == [("presets", "ROW_NAMES")]
-    assert referenced_names("attack_core.py") == [("attack_core", "")]
+    assert referenced_names("attacks/_core.py") == [("attacks/_core", "")]
     for skipped in ("python -m mlnb.experiments", "data/", "docs/results-default.json", "sweep.csv",
                     "torchvision.datasets.VOCDetection", "animal-shape-mnist", "±1", "mlnb"):
         assert referenced_names(skipped) == [], skipped
@@ -211,7 +258,7 @@ def test_referenced_names_parser():
 # ----------------------------------------------------------------------------- long modules
 def documented_lengths() -> dict[str, tuple[int, str]]:
     """``{module: (documented line count, reason)}`` from "- `name.py` (N lines): reason" entries."""
-    pattern = re.compile(r"^\s*-\s+`(\w+)\.py`\s+\((\d+)(?: lines)?\):\s*(.+?)(?=^\s*-\s|^\S|\Z)", re.M | re.S)
+    pattern = re.compile(r"^\s*-\s+`([\w/]+)\.py`\s+\((\d+)(?: lines)?\):\s*(.+?)(?=^\s*-\s|^\S|\Z)", re.M | re.S)
     return {m.group(1): (int(m.group(2)), " ".join(m.group(3).split()))
             for m in pattern.finditer(section("Conventions"))}
 
@@ -259,22 +306,23 @@ def test_introducing_notebooks_use_what_they_introduce():
         if not public or (module, name) in KNOWN_WRONG:
             continue
         code = notebook_code(nb)
-        if not (uses(code, name) or uses_module(code, module)):
+        packages = {m for m in reachers(module) if m.endswith("/__init__") and m.startswith(module.rpartition("/")[0])}
+        if not (uses(code, name) or any(uses_module(code, m) for m in {module, *packages})):
             wrong.append(f"{module}.{name}: 'Introduced in notebooks/{nb}', whose code uses neither {name} "
                          f"nor mlnb.{module}")
     assert not wrong, "\n".join(wrong)
 
 
 def test_introducing_notebooks_reach_the_module():
-    """A module's notebook imports it, or a module that imports it (``attacks`` for ``attack_core``)."""
+    """A module's notebook imports it, or a module that imports it (``attacks`` for ``attacks/_core``)."""
     wrong = []
     for module, name, nb, _ in introductions():
         if name or (module, "") in KNOWN_WRONG:
             continue
         code = notebook_code(nb)
-        if not any(uses_module(code, m) for m in {module, *importers(module)}):
+        if not any(uses_module(code, m) for m in {module, *reachers(module)}):
             wrong.append(f"{module}.py: 'Introduced in notebooks/{nb}', whose code uses neither mlnb.{module} "
-                         f"nor a module that imports it ({sorted(importers(module))})")
+                         f"nor a module that imports it ({sorted(reachers(module))})")
     assert not wrong, "\n".join(wrong)
 
 
@@ -283,3 +331,58 @@ def test_known_wrong_references_are_still_wrong():
     for (module, name), right in KNOWN_WRONG.items():
         refs = [nb for m, n, nb, _ in introductions() if (m, n) == (module, name)]
         assert refs and right not in refs, f"{module}.{name or '(module)'} now names {right}: drop it from KNOWN_WRONG"
+
+
+# ----------------------------------------------------------------------------- layers and private names
+LAYERS = {  # docs/ARCHITECTURE.md "## Layers": a module imports only from its own layer or those before it
+    1: ("validate", "utils", "probability"),
+    2: ("target", "labels", "case_study"),
+    3: ("metrics",),
+    4: ("animals", "voc", "data", "models", "presets", "training", "purify"),
+    5: ("attacks/", "defenses"),
+    6: ("store", "experiment_plan", "experiments", "experiments_cli", "tutorial", "paper/"),
+    7: ("plots/",),
+    8: ("explorer", "explorer_app", "running/"),
+}
+
+
+def layer(module: str) -> int:
+    for rank, members in LAYERS.items():
+        if module in members or any(m.endswith("/") and module.startswith(m) for m in members):
+            return rank
+    raise AssertionError(f"{module}.py has no layer in LAYERS (docs/ARCHITECTURE.md '## Layers'): add it")
+
+
+def relative_imports():
+    """``(importer, imported module, names)`` for every relative import of the package, in functions too."""
+    for module in modules():
+        for node in ast.walk(tree(module)):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                for target in _resolve(module, node):
+                    yield module, target, [a.name for a in node.names]
+
+
+def test_layers_match_the_documentation():
+    doc = section("Layers")
+    for rank, members in LAYERS.items():
+        line = re.search(rf"^{rank}\. [^\n]*$", doc, re.M)
+        assert line, f"docs/ARCHITECTURE.md '## Layers' has no item {rank}"
+        for m in members:
+            assert f"`{m}.py`" in line.group(0) or f"`{m}`" in line.group(0), f"layer {rank} of the doc omits {m}"
+    for module in modules():
+        layer(module)
+
+
+def test_imports_go_one_way():
+    back = [f"{a}.py (layer {layer(a)}) imports {b}.py (layer {layer(b)})"
+            for a, b, _ in relative_imports() if layer(b) > layer(a)]
+    assert not back, "imports against the layers of docs/ARCHITECTURE.md:\n" + "\n".join(sorted(set(back)))
+
+
+def test_no_private_names_cross_a_package():
+    def package(m):
+        return m.rpartition("/")[0]
+
+    crossing = [f"{a}.py imports {n} from {b}.py" for a, b, names in relative_imports() for n in names
+                if n.startswith("_") and package(a) != package(b)]
+    assert not crossing, "private names imported from another package:\n" + "\n".join(sorted(set(crossing)))

@@ -1,12 +1,14 @@
-"""Loss terms of the attacks against values computed by hand (mlnb.attack_losses)."""
+"""Loss terms of the attacks against values computed by hand (mlnb.attacks.losses)."""
 import math
 
 import pytest
 import torch
 
-from mlnb.attack_core import rank_masks
-from mlnb.attack_losses import cw_hinge, kendall_tau_b, n_met, rank_loss, rank_terms, constraints_met
+from mlnb.attacks.losses import cw_hinge, rank_loss, rank_terms
+from mlnb.attacks.rank import RANKING_SETS, ranking_sets
 from mlnb.labels import kendall_criterion
+from mlnb.metrics import tau_b_kernel as kendall_tau_b
+from mlnb.target import Target
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -25,8 +27,8 @@ def _logit(probs):
 
 
 def _terms(probs, y, A, B, omega_zero="C", **kw):
-    m = rank_masks(y, A, B, omega_zero)
-    return rank_terms(_logit(probs), m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], **kw)
+    m = ranking_sets(Target(y, A, B), omega_zero)
+    return rank_terms(_logit(probs), *(m[k] for k in RANKING_SETS), **kw)
 
 
 def test_paper_counter_example_rank1_zero_rank2_not():
@@ -76,8 +78,9 @@ def test_empty_sets_contribute_zero_with_finite_grads(pairwise):
     A = torch.ones_like(y)
     B = torch.zeros_like(y)
     p = _logit([[0.7, 0.8, 0.9], [0.9, 0.6, 0.7]]).requires_grad_(True)
-    m = rank_masks(y, A, B, "C")
-    t = rank_terms(p, m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], pairwise=pairwise)
+    m = ranking_sets(Target(y, A, B), "C")
+    t = rank_terms(p, m["omega_minus"], m["omega_plus"], m["omega_zero"], m["A1"], m["Bm1"], m["B1"], m["Am1"],
+                   pairwise=pairwise)
     assert torch.isfinite(t).all()
     assert t[0].eq(0).all()  # first image: Ω+ = ∅, Ω◦ = ∅, B-1 = ∅, A-1 = ∅ -> every term 0
     # second image: Ω- = A1 = {0}, Ω+ = A-1 = {1, 2}: 0.9 above 0.6 is penalised
@@ -96,9 +99,10 @@ def test_cw_hinge_by_hand():
     # label 0 must drop below 0.5 (0.8 -> 0.3 over), label 1 must stay below (0.6 -> 0.1 over); 2 in C
     assert cw_hinge(z, target, ab).item() == pytest.approx(0.3 + 0.1, rel=1e-12)
     assert cw_hinge(z, target, ab, kappa=0.05).item() == pytest.approx(0.35 + 0.15, rel=1e-12)
-    assert n_met(z, target, ab).item() == 0
+    goal = Target(y, A, B)
+    assert goal.n_satisfied(z).item() == 0
     q = _logit([[0.5, 0.49, 0.9]])  # 0.5 (logit 0) counts as positive
-    assert constraints_met(q, target, ab).tolist() == [[False, True, False]]
+    assert goal.constraints_met(q).tolist() == [[False, True, False]]
     # the logit-space extension: max(0, kappa - s z)
     want = float(z[0, 0]) + float(z[0, 1])
     assert cw_hinge(z, target, ab, space="logit").item() == pytest.approx(want, rel=1e-12)

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from mlnb import attacks
-from mlnb.attack_core import rank_masks
-from mlnb.attack_losses import rank_terms
+from mlnb.attacks.losses import rank_terms
+from mlnb.attacks.rank import RANKING_SETS, ranking_sets
+from mlnb.target import Target
 from mlnb.labels import kendall_criterion
 from test_attacks import N_IMAGES, SEARCH, TinyConv, _targets, independent
 
@@ -420,8 +421,8 @@ def _example():
 
 
 def _rank_terms(y, A, B, z, omega_zero="C", **kw):
-    m = rank_masks(y, A, B, omega_zero)
-    return rank_terms(z, m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"], **kw)[0]
+    m = ranking_sets(Target(y, A, B), omega_zero)
+    return rank_terms(z, *(m[k] for k in RANKING_SETS), **kw)[0]
 
 
 E = math.exp

@@ -17,7 +17,7 @@ The sixth label is an *anchor*: a constant logit 0 (the threshold itself), never
 
 Success is always checked *independently* (:func:`independent`): the test runs the model on
 ``res.x_adv`` itself and checks every label of ``A`` flipped and every label of ``B`` kept with
-``logit >= 0`` positive; never ``res.success``, ``n_met`` or ``attack_core.finalize``. Measured successes
+``logit >= 0`` positive; never ``res.success``, ``n_met`` or ``attacks._core.finalize``. Measured successes
 (of 16, clean images: 0): FGS 16, FG 16 (per image, scenario and fixed ε), ML-CW 16, ML-DP greedy 16,
 ML-DP paper 14, Rank I 16, Rank II 16; every attack moves every image (RMSD 5-26 on 0-255); under
 bf16 autocast (checked by a bf16 forward) 15-16.
@@ -27,7 +27,7 @@ import scipy.stats
 import torch
 
 from mlnb import attacks
-from mlnb.attack_core import AttackResult
+from mlnb.attacks import AttackResult
 from mlnb.labels import extreme_case, kendall_criterion, random_case
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -386,16 +386,16 @@ def test_ml_cw_logit_hinge_moves_labels_the_saturated_probability_hinge_cannot()
 def test_the_accelerator_path_gives_the_cpu_paths_examples(problems, results, variant, monkeypatch):
     """The search driver decides on the host on CPU and branch-free elsewhere (no sync per step);
     forced onto the branch-free path here, it returns the same examples."""
-    from mlnb import attack_search
+    from mlnb.attacks import _driver
 
-    monkeypatch.setattr(attack_search, "HOST_DECISIONS", False)
-    paths, set_rows = set(), attack_search._set_rows
+    monkeypatch.setattr(_driver, "HOST_DECISIONS", False)
+    paths, set_rows = set(), _driver._set_rows
 
     def spy(dst, mask, src, host):
         paths.add(host)
         return set_rows(dst, mask, src, host)
 
-    monkeypatch.setattr(attack_search, "_set_rows", spy)
+    monkeypatch.setattr(_driver, "_set_rows", spy)
     branch_free, host = _call(problems, variant), results[variant]
     assert paths == {False}  # the branch-free path really ran
     assert torch.allclose(branch_free.x_adv, host.x_adv, atol=1e-6), variant
@@ -421,13 +421,12 @@ class _Recorder(torch.nn.Module):
 def test_every_lambda_run_starts_from_the_clean_image(setup, name, host, monkeypatch):
     """Carlini & Wagner's search restarts each λ run at w0 (the clean image), not where the last run ended:
     with early abort off, the model sees the clean image at the first step of each of the n_search runs."""
-    from mlnb import attack_search
+    from mlnb.attacks import _driver
 
-    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
-    monkeypatch.setattr(attack_search, "HOST_DECISIONS", host)
+    monkeypatch.setattr(_driver, "HOST_DECISIONS", host)
     model, x, y, A, B = setup
     rec = _Recorder(model).eval()
-    attacks.ATTACKS[name](rec, x[:2], y[:2], A[:2], B[:2], progress=False,
+    attacks.ATTACKS[name](rec, x[:2], y[:2], A[:2], B[:2], progress=False, early_abort=False,
                           **{**SEARCH, "n_search": 3, "max_iter": 20})
     at_clean = [k for k, s in enumerate(rec.seen) if s.shape[0] == 2 and (s - x[:2]).abs().max() < 1e-5]
     # a clean forward before the search, then the first step of each run (20 steps apart)
@@ -471,16 +470,13 @@ def _ml_cw_from_scratch(model, x, target, ab, lam, lr, T, n_runs, tanh_eps=1e-6)
 
 
 @pytest.mark.parametrize("lam", [0.5, 10.0])
-def test_ml_cw_is_its_algorithm_written_out_for_one_image(setup, lam, monkeypatch):
+def test_ml_cw_is_its_algorithm_written_out_for_one_image(setup, lam):
     """The batched driver against the algorithm written plainly, image by image (four λ runs: the search
     moves λ both ways), early abort off so both take every step."""
-    from mlnb import attack_search
-
-    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
     model, x, y, A, B = setup
     T, lr, runs, n = 15, 0.05, 4, 8
     res = attacks.ml_cw(model, x[:n], y[:n], A[:n], B[:n], progress=False, lambda_init=lam, n_search=runs,
-                        max_iter=T, lr=lr)
+                        max_iter=T, lr=lr, early_abort=False)
     assert (res.iterations == runs * T).all()  # early abort off: every step of every run is taken
     # at λ = 0.5 images 6 and 7 fail a run after a success: their λ bisects back up (a search that forgot
     # to reset its per-run success flag would keep halving and return another example)
@@ -494,8 +490,7 @@ def test_ml_cw_is_its_algorithm_written_out_for_one_image(setup, lam, monkeypatc
 
 def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, monkeypatch):
     """The search's bar moves every ``check_every`` steps (a long run shows progress while it runs)."""
-    from mlnb import attack_core
-    from mlnb import attacks as attacks_module
+    from mlnb.attacks import _core, _driver
 
     updates = []
 
@@ -513,21 +508,18 @@ def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, mon
             updates.append(k)
             self.n += k
 
-    monkeypatch.setattr(attacks_module, "progress_bar", Bar)
-    monkeypatch.setattr(attack_core, "progress_bar", Bar)
+    monkeypatch.setattr(_driver, "progress_bar", Bar)
+    monkeypatch.setattr(_core, "progress_bar", Bar)
     model, x, y, A, B = setup
-    from mlnb import attack_search
-
-    monkeypatch.setattr(attack_search, "EARLY_ABORT", False)
     attacks.ml_cw(model, x[:2], y[:2], A[:2], B[:2], progress=False, lambda_init=10.0, n_search=1, max_iter=20,
-                  check_every=5)
+                  check_every=5, early_abort=False)
     assert updates[:4] == [10, 10, 10, 10] and sum(updates) == 2 * 20  # 2 images x 5 steps per check
 
 
 def test_an_undefined_tau_ranks_below_every_defined_one():
     """All scores tied: Kendall's tau-b is undefined (NaN) and the search's selection key puts it at -2,
     below the worst defined value (-1)."""
-    from mlnb.attack_search import _tau
+    from mlnb.attacks._state import _tau
 
     ytau = torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8)
     assert _tau(torch.zeros(1, 5), ytau).item() == -2.0

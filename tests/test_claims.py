@@ -1,4 +1,4 @@
-"""The claims table (mlnb.claims): every claim holds, fails and (comparisons) is undecided on constructed
+"""The claims table (mlnb.paper.claims): every claim holds, fails and (comparisons) is undecided on constructed
 per-image records; the paper's own tables pass every testable claim; the bootstrap / decision helpers
 and the Fig. 1 quantities (overlap, margin) on numbers worked out by hand."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlnb import claims as C
-from mlnb import claims_stats as S
-from mlnb.paper_results import paper_table
+from mlnb.paper import claims as C
+from mlnb.paper import claims_stats as S
+from mlnb.paper.tables import paper_table
 from mlnb.store import records_frame
 
 N = 30

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlnb import presets, utils, validate
-from mlnb.pipeline import main as pipeline_main, notebook_paths
+from mlnb.running.pipeline import main as pipeline_main, notebook_paths
 
 pytestmark = pytest.mark.unit
 

@@ -1,9 +1,11 @@
-"""Unit tests of mlnb.defenses: ranges, shapes, codecs and the straight-through (BPDA) wrapper."""
+"""Unit tests of mlnb.purify and mlnb.defenses: ranges, shapes, codecs and the straight-through (BPDA) wrapper."""
 import pytest
 import torch
 from torch import nn
 
 from mlnb import defenses as D
+from mlnb import purify as P
+from mlnb.target import Target
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +20,7 @@ def x():
 
 
 @pytest.mark.parametrize("fn", [
-    D.png_roundtrip, lambda t: D.jpeg(t, 50), lambda t: D.bit_depth(t, 3), lambda t: D.median_smooth(t, 3),
+    P.png_roundtrip, lambda t: P.jpeg(t, 50), lambda t: P.bit_depth(t, 3), lambda t: P.median_smooth(t, 3),
 ])
 def test_shape_dtype_range(fn, x):
     out = fn(x)
@@ -28,10 +30,10 @@ def test_shape_dtype_range(fn, x):
 
 def test_png_roundtrip_equals_8bit_rounding_and_real_codec(x):
     rounded = torch.round(x * 255) / 255
-    assert torch.equal(D.png_roundtrip(x), rounded)
-    assert torch.equal(D.png_roundtrip(x, encode=True), rounded)
+    assert torch.equal(P.png_roundtrip(x), rounded)
+    assert torch.equal(P.png_roundtrip(x, encode=True), rounded)
     gray = x[:, :1]
-    assert torch.equal(D.png_roundtrip(gray, encode=True), torch.round(gray * 255) / 255)
+    assert torch.equal(P.png_roundtrip(gray, encode=True), torch.round(gray * 255) / 255)
 
 
 def test_jpeg_quality_100_close_to_identity_and_low_quality_is_lossy(x):
@@ -39,35 +41,35 @@ def test_jpeg_quality_100_close_to_identity_and_low_quality_is_lossy(x):
     # grey images stored as 1 channel and as 3 equal channels
     grey = x.mean(1, keepdim=True)
     for img in (grey, grey.expand(-1, 3, -1, -1).contiguous()):
-        err100 = (D.jpeg(img, 100) - img).abs()
+        err100 = (P.jpeg(img, 100) - img).abs()
         assert err100.mean() < 1 / 255 and err100.max() < 6 / 255
-    assert (D.jpeg(x, 10) - x).abs().mean() > 4 * (D.jpeg(x, 100) - x).abs().mean() / 3
+    assert (P.jpeg(x, 10) - x).abs().mean() > 4 * (P.jpeg(x, 100) - x).abs().mean() / 3
 
 
 def test_jpeg_grayscale_and_double(x):
-    out = D.jpeg(x[:, :1].double(), 90)
+    out = P.jpeg(x[:, :1].double(), 90)
     assert out.shape == (4, 1, 32, 32) and out.dtype == torch.float64
 
 
 @pytest.mark.parametrize("bad", [0, 101, 50.0, True])
 def test_jpeg_rejects_bad_quality(x, bad):
     with pytest.raises((ValueError, TypeError), match="quality"):
-        D.jpeg(x, bad)
+        P.jpeg(x, bad)
 
 
 def test_jpeg_rejects_two_channels(x):
     with pytest.raises(ValueError, match="channels"):
-        D.jpeg(x[:, :2])
+        P.jpeg(x[:, :2])
 
 
 def test_bit_depth_idempotent_levels_and_8bit(x):
     for bits in (1, 3, 5, 8):
-        once = D.bit_depth(x, bits)
-        assert torch.equal(D.bit_depth(once, bits), once)
+        once = P.bit_depth(x, bits)
+        assert torch.equal(P.bit_depth(once, bits), once)
         assert torch.unique(once).numel() <= 2 ** bits
-    assert torch.equal(D.bit_depth(x, 8), D.png_roundtrip(x))
+    assert torch.equal(P.bit_depth(x, 8), P.png_roundtrip(x))
     with pytest.raises(ValueError, match="bits"):
-        D.bit_depth(x, 9)
+        P.bit_depth(x, 9)
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
@@ -75,34 +77,34 @@ def test_median_smooth_equals_unfold_median(x, k):
     p = k // 2
     padded = torch.nn.functional.pad(x.reshape(12, 1, 32, 32), (p, p, p, p), mode="reflect")
     ref = torch.nn.functional.unfold(padded, k).median(dim=1).values.reshape(4, 3, 32, 32)
-    assert torch.equal(D.median_smooth(x, k), ref)
+    assert torch.equal(P.median_smooth(x, k), ref)
     rect = x[:, :, :9, :20]
     padded = torch.nn.functional.pad(rect.reshape(12, 1, 9, 20), (p, p, p, p), mode="reflect")
     ref = torch.nn.functional.unfold(padded, k).median(dim=1).values.reshape(4, 3, 9, 20)
-    assert torch.equal(D.median_smooth(rect, k), ref)
+    assert torch.equal(P.median_smooth(rect, k), ref)
 
 
 def test_median_smooth_removes_salt(x):
     flat = torch.full((1, 1, 9, 9), 0.5)
     salty = flat.clone()
     salty[0, 0, 4, 4] = 1.0
-    assert torch.equal(D.median_smooth(salty, 3), flat)
-    assert torch.equal(D.median_smooth(x, 1), x)
+    assert torch.equal(P.median_smooth(salty, 3), flat)
+    assert torch.equal(P.median_smooth(x, 1), x)
     with pytest.raises(ValueError, match="odd"):
-        D.median_smooth(x, 4)
+        P.median_smooth(x, 4)
     with pytest.raises(ValueError, match="too large"):
-        D.median_smooth(x[:, :, :2, :2], 5)
+        P.median_smooth(x[:, :, :2, :2], 5)
 
 
 def test_inputs_are_validated():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        D.jpeg(torch.full((1, 3, 8, 8), 2.0))
+        P.jpeg(torch.full((1, 3, 8, 8), 2.0))
     with pytest.raises(ValueError, match="4-D"):
-        D.bit_depth(torch.rand(3, 8, 8))
+        P.bit_depth(torch.rand(3, 8, 8))
 
 
 def test_straight_through_forward_is_defense_and_gradient_is_identity(x):
-    defense = D.make_defense("jpeg", quality=30)
+    defense = P.make_defense("jpeg", quality=30)
     st = D.straight_through(defense)
     xr = x.clone().requires_grad_(True)
     out = st(xr)
@@ -124,7 +126,7 @@ class _Linear(nn.Module):
 def test_defended_model_forward_mode_and_bpda_gradient(x):
     torch.manual_seed(0)
     model = _Linear().eval()
-    defense = D.make_defense("bit_depth", bits=3)
+    defense = P.make_defense("bit_depth", bits=3)
     dm = D.DefendedModel(model, defense)
     assert not dm.training
     xr = x.clone().requires_grad_(True)
@@ -145,9 +147,9 @@ def test_defended_model_forward_mode_and_bpda_gradient(x):
 
 def test_make_defense_checks_now():
     with pytest.raises(ValueError, match="defense"):
-        D.make_defense("blur")
+        P.make_defense("blur")
     with pytest.raises(ValueError, match="quality"):
-        D.make_defense("jpeg", quality=0)
+        P.make_defense("jpeg", quality=0)
 
 
 def test_histogram_overlap():
@@ -157,17 +159,7 @@ def test_histogram_overlap():
     assert D.histogram_overlap(torch.zeros(10), torch.cat([torch.zeros(5), torch.ones(5)])) == pytest.approx(0.5)
 
 
-def test_target_met_and_evaluate_defense(x):
-    y = torch.tensor([[True, False, True, False]])
-    A = torch.tensor([[True, True, False, False]])
-    B = torch.tensor([[False, False, True, False]])
-    lg = lambda p: torch.logit(torch.tensor(p))  # noqa: E731  (target_met takes logits)
-    assert D.target_met(lg([[0.2, 0.7, 0.9, 0.9]]), y, A, B).tolist() == [True]  # C ignored
-    assert D.target_met(lg([[0.2, 0.7, 0.4, 0.1]]), y, A, B).tolist() == [False]
-    # saturated labels are decided on the logits: -1e-9 is negative although its float32 probability is 0.5
-    assert D.target_met(torch.tensor([[-30.0, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [True]
-    assert D.target_met(torch.tensor([[-1e-9, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [True]
-    assert D.target_met(torch.tensor([[0.0, 30.0, 40.0, 0.0]]), y, A, B).tolist() == [False]
+def test_evaluate_defense_decides_success_with_the_target(x):
     torch.manual_seed(0)
     model = _Linear().eval()
     with torch.no_grad():
@@ -176,8 +168,12 @@ def test_target_met_and_evaluate_defense(x):
     AA[:, 0] = True
     out = D.evaluate_defense(model, None, x, yy, x, AA, ~AA)
     assert out["clean_map"] == pytest.approx(1.0) and out["success_rate"] == 0.0
+    # success after the defense is the Target's, on the defended logits (here the clean ones: flip label 0)
+    flipped = x.clone()
+    out_f = D.evaluate_defense(model, None, x, yy, flipped, AA, ~AA)
+    assert torch.equal(out_f["success"], Target(yy, AA, ~AA).met(out_f["adv_logits"]))
     assert out["adv_scores"].shape == (4, 4) and out["success"].dtype == torch.bool
-    out_j = D.evaluate_defense(model, D.make_defense("jpeg", quality=20), x, yy)
+    out_j = D.evaluate_defense(model, P.make_defense("jpeg", quality=20), x, yy)
     assert "success_rate" not in out_j and 0 < out_j["clean_map"] <= 1
     with pytest.raises(ValueError, match="pass A and B"):
         D.evaluate_defense(model, None, x, yy, x)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlnb import attacks, data, defenses, experiments, labels, metrics, models, presets, training, utils, voc
+from mlnb import attacks, data, experiments, labels, metrics, models, presets, purify, training, utils, voc
 from mlnb.store import ResultStore
 
 pytestmark = pytest.mark.unit
@@ -223,7 +223,7 @@ def test_unknown_label_name(case):
 
 def test_unknown_defense():
     with raises(ValueError, "unknown defense 'blur': choose one of"):
-        defenses.make_defense("blur")
+        purify.make_defense("blur")
 
 
 def test_unknown_device():

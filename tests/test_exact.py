@@ -7,8 +7,9 @@ import torch
 
 from mlnb import attacks
 from mlnb import probability as P
-from mlnb.attack_core import rank_masks
-from mlnb.attack_losses import cw_hinge, rank_goal, rank_loss, rank_terms
+from mlnb.attacks.losses import cw_hinge, rank_goal, rank_loss, rank_terms
+from mlnb.attacks.rank import ranking_sets
+from mlnb.target import Target
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -73,8 +74,8 @@ def test_cw_hinge_matches_float64_reference():
 
 
 def _masks(y, A, B):
-    m = rank_masks(y, A, B, "C")
-    return m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"]
+    m = ranking_sets(Target(y, A, B), "C")
+    return m["omega_minus"], m["omega_plus"], m["omega_zero"], m["A1"], m["Bm1"], m["B1"], m["Am1"]
 
 
 def _rank_reference(z, sets, pairwise=False):

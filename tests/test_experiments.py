@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from mlnb import experiments as E
-from mlnb.attack_core import AttackResult
-from mlnb.claims import table4_claims, table5_claims
-from mlnb.paper_results import paper_table, side_by_side
+from mlnb.attacks import AttackResult
+from mlnb.metrics import METRIC_KEYS
+from mlnb.paper.claims import table4_claims, table5_claims
+from mlnb.paper.tables import paper_table, side_by_side
+from mlnb.target import Target
 
 CLI = ["--preset", "smoke", "--attacks", "ml_cw,rank2", "--strategies", "random,extreme", "--n-images", "6",
        "--batch-size", "2", "--no-progress"]
@@ -51,12 +53,16 @@ def test_attack_set_and_seeded_draws():
     assert X.tolist() == [0, 2, 3, 4, 5]
     a = E.draw_targets(y, X, "random", 3, seed=7)
     b = E.draw_targets(y, X, "random", 3, seed=7)
-    assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))
-    idx, A, B, n_el = a
+    assert torch.equal(a[0], b[0]) and a[2] == b[2]
+    assert all(torch.equal(getattr(a[1], f), getattr(b[1], f)) for f in ("y", "A", "B", "eligible"))
+    idx, t, n_el = a
+    assert isinstance(t, Target) and len(t) == len(idx) and torch.equal(t.y, y[idx]) and t.eligible.all()
+    A, B = t.A, t.B
     assert n_el == 4 and idx.tolist() == sorted(idx.tolist()) and 5 not in idx.tolist()  # all-positive: ineligible
     assert (A.sum(1) == 2).all() and not (A & B).any()
-    idx, A, B, n_el = E.draw_targets(y, X, "reduce", 10, seed=7, label=0, names=None)
-    assert idx.tolist() == [0, 2, 5] and n_el == 3 and A[:, 0].all()  # label 0 positive, >= 2 positives
+    idx, t, n_el = E.draw_targets(y, X, "reduce", 10, seed=7, label=0, names=None)
+    assert idx.tolist() == [0, 2, 5] and n_el == 3 and t.A[:, 0].all()  # label 0 positive, >= 2 positives
+    assert torch.equal(t.y, y[idx])
     idx, *_ = E.draw_targets(y, X, "extreme", 10, seed=1)
     assert idx.tolist() == X.tolist()
 
@@ -84,7 +90,8 @@ class _Linear(torch.nn.Module):
 
 def _fake_attack(shift: float, max_batch: int | None = None, calls: list | None = None):
     """An attack that adds ``shift`` to every pixel; records each call's ``(batch size, kwargs)`` in ``calls``."""
-    def attack(model, x, y, A, B, *, generator=None, progress=True, **kwargs):
+    def attack(model, x, y, A=None, B=None, *, generator=None, progress=True, **kwargs):
+        goal = y if isinstance(y, Target) else Target(y, A, B)
         if calls is not None:
             calls.append((x.shape[0], kwargs))
         if max_batch is not None and x.shape[0] > max_batch:
@@ -94,7 +101,7 @@ def _fake_attack(shift: float, max_batch: int | None = None, calls: list | None 
             z = model(x_adv)
         n = x.shape[0]
         return AttackResult(x_adv=x_adv, scores=torch.sigmoid(z), logits=z, success=torch.ones(n, dtype=torch.bool),
-                            n_satisfied=(A | B).sum(1), iterations=torch.ones(n, dtype=torch.long),
+                            n_satisfied=goal.n_constraints, iterations=torch.ones(n, dtype=torch.long),
                             param=torch.full((n,), float("nan")), kendall_tau=torch.zeros(n))
     return attack
 
@@ -106,9 +113,9 @@ def test_run_chunk_projects_rescores_and_splits_on_oom():
     y = torch.tensor([[False, True]] * 4)
     A = torch.tensor([[True, True]] * 4)
     B = torch.zeros_like(A)
-    free = E._run_chunk(_fake_attack(0.1), model, x, y, A, B, {}, (0,), None)
+    free = E._run_chunk(_fake_attack(0.1), model, x, Target(y, A, B), {}, (0,), None)
     assert [r["projected"] for r in free] == [False] * 4 and free[0]["success"] is True
-    bounded = E._run_chunk(_fake_attack(0.1, max_batch=1), model, x, y, A, B, {}, (0,), 2.0)
+    bounded = E._run_chunk(_fake_attack(0.1, max_batch=1), model, x, Target(y, A, B), {}, (0,), 2.0)
     assert len(bounded) == 4 and all(r["projected"] for r in bounded)
     assert all(abs(r["rmsd"] - 2.0) < 1e-3 and r["rmsd_raw"] > 25 for r in bounded)
     # mean pixel 0.45 + 2/255 < 0.5: the label is no longer flipped once the perturbation is bounded
@@ -133,7 +140,7 @@ def test_run_chunk_scores_on_logits_and_stores_them():
     x = torch.zeros(2, 1, 2, 2)
     y = torch.tensor([[False, False, False]] * 2)
     A = torch.tensor([[True, False, False]] * 2)  # y* = (T, F, F): label 0 must rank above label 1
-    recs = E._run_chunk(_fake_attack(0.0), model, x, y, A, ~A, {}, (0,), None)
+    recs = E._run_chunk(_fake_attack(0.0), model, x, Target(y, A, ~A), {}, (0,), None)
     assert recs[0]["scores_adv"][:2] == [1.0, 1.0]  # tied as probabilities
     assert recs[0]["logits_adv"] == [40.0, 30.0, -40.0]
     # on logits label 0 (40) is above label 1 (30): no ranking error; h = (T, T, F): label 1 wrong in B
@@ -149,7 +156,8 @@ def test_run_chunk_never_splits_a_scenario_row():
     A = torch.tensor([[True, True]] * 4)
     calls = []
     with pytest.raises(torch.OutOfMemoryError, match="batch_size"):
-        E._run_chunk(_fake_attack(0.1, max_batch=1, calls=calls), model, x, y, A, ~A, {}, (0,), None, split=False)
+        E._run_chunk(_fake_attack(0.1, max_batch=1, calls=calls), model, x, Target(y, A, ~A), {}, (0,), None,
+                     split=False)
     assert [c[0] for c in calls] == [4]  # one call, no retry on halves (its ε would change)
 
 
@@ -182,7 +190,7 @@ def _records() -> list[dict]:
     for strategy in ("extreme", "random"):
         for attack in ("rank2", "ml_cw"):
             for i in (3, 1):
-                m = {k: float(i) for k in E.METRIC_KEYS}
+                m = {k: float(i) for k in METRIC_KEYS}
                 m["hamming_B"] = None if strategy == "extreme" else 0.5
                 out.append({"dataset": "animals", "strategy": strategy, "attack": attack, "index": i, "A": [0],
                             "scores_clean": [0.9, 0.1], "scores_adv": [0.2, 0.1], "success": True, "projected": False, **m})
@@ -490,21 +498,22 @@ def test_dist_context_without_local_rank_uses_device_zero(monkeypatch):
 def test_draw_targets_follows_its_documented_seeding():
     """The targets come from a generator seeded by (seed, dataset, strategy, "target"), the draw from a
     permutation seeded by (seed, dataset, strategy, "draw"): rebuilt here from that recipe."""
+    from mlnb.experiment_plan import derive_seed
     from mlnb.labels import make_target
 
     g = torch.Generator().manual_seed(3)
     y = torch.rand(40, 6, generator=g) < 0.5
     X = torch.arange(0, 40, 2)
     for seed, dataset, strategy in ((0, "animals", "random"), (5, "voc2007", "random"), (5, "voc2007", "extreme")):
-        idx, A, B, n_el = E.draw_targets(y, X, strategy, 6, seed=seed, dataset=dataset)
+        idx, goal, n_el = E.draw_targets(y, X, strategy, 6, seed=seed, dataset=dataset)
         t = make_target(strategy, y[X], generator=torch.Generator().manual_seed(
-            E.derive_seed(seed, dataset, strategy, "target")))
+            derive_seed(seed, dataset, strategy, "target")))
         el = t.eligible.nonzero().flatten()
         perm = torch.randperm(len(el), generator=torch.Generator().manual_seed(
-            E.derive_seed(seed, dataset, strategy, "draw")))
+            derive_seed(seed, dataset, strategy, "draw")))
         pick = el[perm[:6]].sort().values
         assert n_el == len(el) and torch.equal(idx, X[pick])
-        assert torch.equal(A, t.A[pick]) and torch.equal(B, t.B[pick])
+        assert torch.equal(goal.A, t.A[pick]) and torch.equal(goal.B, t.B[pick]) and torch.equal(goal.y, y[idx])
 
 
 @pytest.mark.unit
@@ -513,7 +522,7 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
     on rank 0 only, progress=False to the attack (the runner draws its own bars) and the stored image ids."""
     from mlnb import attacks
 
-    seen = {"load": [], "bar": [], "progress": []}
+    seen = {"load": [], "bar": [], "progress": [], "target": []}
     load, bar = E._load, E._bar
 
     def spy_load(*args, **kwargs):
@@ -527,9 +536,10 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
 
     fake = _fake_attack(0.0)
 
-    def attack(model, x, y, A, B, *, generator=None, progress=True, **kw):
+    def attack(model, x, target, *, generator=None, progress=True, **kw):
         seen["progress"].append(progress)
-        return fake(model, x, y, A, B, generator=generator, progress=progress, **kw)
+        seen["target"].append(isinstance(target, Target))  # the runner passes the images' Target
+        return fake(model, x, target, generator=generator, progress=progress, **kw)
 
     monkeypatch.setattr(E, "_load", spy_load)
     monkeypatch.setattr(E, "_bar", spy_bar)
@@ -539,6 +549,7 @@ def test_runner_hands_rank_device_progress_and_ids_to_its_parts(tmp_path, monkey
     (args,) = seen["load"]
     assert args[2] == E.resolve_device("auto") and args[4:6] == (0, 1)  # device, rank 0 of 1 process
     assert seen["bar"] == [True] and seen["progress"] and not any(seen["progress"])
+    assert seen["target"] and all(seen["target"])
     n = len(res.records)
     assert n == min(preset.n_general, res.eligible[("animals", "random")])
     ds = seen["loaded"][1]  # the test set the runner attacked
@@ -553,7 +564,7 @@ def test_run_chunk_stores_the_attacks_own_fields_under_their_names():
     x = torch.zeros(2, 1, 2, 2)
     y = torch.tensor([[False, False, False]] * 2)
     A = torch.tensor([[True, False, False]] * 2)
-    recs = E._run_chunk(_fake_attack(0.0), model, x, y, A, ~A, {}, (0,), None)
+    recs = E._run_chunk(_fake_attack(0.0), model, x, Target(y, A, ~A), {}, (0,), None)
     for r in recs:
         assert (r["attack_success"], r["n_satisfied"], r["iterations"]) == (True, 3, 1)
         assert math.isnan(r["param"]) and r["attack_kendall_tau"] == 0.0
@@ -596,5 +607,5 @@ def test_run_chunk_counts_a_logit_of_exactly_zero_as_positive():
     x = torch.zeros(1, 1, 2, 2)
     y = torch.tensor([[False, False, False]])
     A = torch.tensor([[True, False, False]])
-    (rec,) = E._run_chunk(_fake_attack(0.0), _AtThreshold().eval(), x, y, A, ~A, {}, (0,), None)
+    (rec,) = E._run_chunk(_fake_attack(0.0), _AtThreshold().eval(), x, Target(y, A, ~A), {}, (0,), None)
     assert rec["success"] is True and rec["hamming_A"] == 0.0

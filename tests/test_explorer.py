@@ -1,10 +1,13 @@
-"""Unit tests of the explorer's handlers (no browser): label toggling, budgets, run_attack, render, app."""
+"""Unit tests of the explorer's handlers (no browser): label toggling, budgets, run_attack, render, app;
+and of the case-study target they tick by default (mlnb.case_study)."""
 import matplotlib
 import pytest
 import torch
 from torch import nn
 
 from mlnb import explorer as E
+from mlnb.case_study import case_study_sets
+from mlnb.explorer_app import build_app
 
 pytestmark = pytest.mark.unit
 
@@ -53,9 +56,10 @@ def test_toggle_keeps_a_and_b_disjoint(state):
         E.toggle_label(state, j, s)
         assert not (state.A & state.B)
     assert state.roles() == ["B", "C", "A", "C", "B"]
-    A, B = E.target_masks(state)
+    t = E.selected_target(state)
+    A, B = t.A, t.B
     assert A[0].tolist() == [False, False, True, False, False] and B[0].tolist() == [True, False, False, False, True]
-    assert not (A & B).any()
+    assert not (A & B).any() and torch.equal(t.y, state.y[state.index:state.index + 1])
 
 
 def test_bad_inputs_are_clear(state):
@@ -89,13 +93,13 @@ def test_budget_params():
 
 def test_case_study_sets():
     y = torch.tensor([True, False, True, False, False])
-    a, b = E.case_study_sets(y, names=NAMES, prefer_a=("person", "cow"), prefer_b=("bottle", "sofa"))
+    a, b = case_study_sets(y, names=NAMES, prefer_a=("person", "cow"), prefer_b=("bottle", "sofa"))
     assert (a, b) == ([0, 1], [2, 3])
     s = torch.tensor([0.9, 0.2, 0.7, 0.4, 0.1])
-    a, b = E.case_study_sets(y, s)
+    a, b = case_study_sets(y, s)
     assert a == [0, 3] and b == [2, 1]
     with pytest.raises(ValueError, match=">= 2 positive"):
-        E.case_study_sets(torch.tensor([True, False, False]))
+        case_study_sets(torch.tensor([True, False, False]))
 
 
 @pytest.mark.parametrize("attack", ["ml_cw", "rank2", "fgs"])
@@ -130,7 +134,7 @@ def test_render_and_app_headless(state):
     fig = E.render(state)
     assert len(fig.axes) >= 2
     plt.close(fig)
-    app = E.build_app(state)
+    app = build_app(state)
     c = app.controls
     c["labels"][4].value = "A"  # a click on a label's toggle goes through toggle_label
     assert 4 in state.A and 4 not in state.B

@@ -114,7 +114,7 @@ def test_scenario_eps_prefers_fully_met_images_even_when_another_eps_meets_more_
     Two images with 1 and 10 constraints: ε0 fully meets image 0 (1 constraint in all), ε1 meets 9 of
     image 1's 10 (9 in all, no image fully). (A weighted key ``full * (n G + 1) + total`` picked ε1 here:
     its weight 5 is below the 9 constraints a single image can add.)"""
-    from mlnb.attack_onestep import pick_scenario
+    from mlnb.attacks.fast_gradient import pick_scenario
 
     n_met = torch.tensor([[1, 0], [0, 9]])  # (n images, G eps)
     assert pick_scenario(n_met, torch.tensor([1, 10])) == 0
@@ -126,7 +126,7 @@ def test_scenario_eps_prefers_fully_met_images_even_when_another_eps_meets_more_
 @pytest.mark.unit
 @pytest.mark.parametrize("norm", ["linf", "rms"])
 def test_a_zero_gradient_gives_a_zero_step_and_leaves_the_other_images_alone(norm):
-    from mlnb.attack_onestep import direction
+    from mlnb.attacks.fast_gradient import direction
 
     g = torch.zeros(2, 3, 4, 4)
     g[1, 0, 0, 0], g[1, 2, 3, 1] = 2.0, -0.5
@@ -142,8 +142,8 @@ def test_a_zero_gradient_gives_a_zero_step_and_leaves_the_other_images_alone(nor
 def test_target_gradient_is_each_images_own_sum_over_a_union_b_only():
     """Per image, the gradient of sum_{k in A ∪ B} BCE(z_k, y*_k): labels outside A ∪ B and the other
     images of the batch contribute nothing (a batch mean over all labels would mix both in)."""
-    from mlnb.attack_core import Runtime
-    from mlnb.attack_onestep import target_gradient
+    from mlnb.attacks._core import Runtime
+    from mlnb.attacks.fast_gradient import target_gradient
 
     torch.manual_seed(0)
     W = torch.randn(3, 2 * 2 * 2, dtype=torch.float64)
@@ -164,19 +164,22 @@ def test_target_gradient_is_each_images_own_sum_over_a_union_b_only():
 def test_grid_scores_score_the_image_clipped_to_the_unit_box(norm):
     """Images at 0 and at 1 and a large ε: half of each step leaves [0, 1]; the L2 distance and the
     constraints are those of clip(x - ε d, 0, 1), computed here from the returned d."""
-    from mlnb.attack_core import Runtime
-    from mlnb.attack_losses import n_met
-    from mlnb.attack_onestep import grid_scores
+    from mlnb.attacks._core import Runtime
+    from mlnb.attacks.fast_gradient import grid_scores
+    from mlnb.target import Target
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     x = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2), torch.full((3, 2, 2), 0.5)])
     target = torch.tensor([[True, False, True]] * 3)
     ab = torch.ones(3, 3, dtype=torch.bool)
+    A = torch.tensor([[True, False, False]] * 3)
+    goal = Target(target ^ A, A, ab & ~A)  # y = y* XOR A: the target y* = target on every label (A ∪ B = L)
+    assert torch.equal(goal.y_star, target) and torch.equal(goal.constrained, ab)
     eps = torch.tensor([0.3, 2.0])
-    out = grid_scores(Runtime(model), x, target, ab, eps, norm)
+    out = grid_scores(Runtime(model), x, goal, eps, norm)
     for j, e in enumerate(eps.tolist()):
         xa = (x - e * out["d"]).clamp(0, 1)
         torch.testing.assert_close(out["l2"][:, j], (xa - x).flatten(1).norm(dim=1))
-        assert torch.equal(out["n_met"][:, j], n_met(model(xa), target, ab))
+        assert torch.equal(out["n_met"][:, j], (((model(xa) >= 0) == target) & ab).sum(1))
     assert (out["l2"][:2, 1] < (2.0 * out["d"][:2]).flatten(1).norm(dim=1)).all()  # clipping did act

@@ -26,7 +26,8 @@ def test_target_labels_flip_a():
 
 def test_table_one_cells_partition_labels():
     y = example_y()
-    A, B, eligible = lb.random_case(y, generator=torch.Generator().manual_seed(1))
+    t = lb.random_case(y, generator=torch.Generator().manual_seed(1))
+    A, B, eligible = t.A, t.B, t.eligible
     d = lb.divisions(y, A, B)
     cells = torch.stack([d.A1, d.Am1, d.B1, d.Bm1, d.C1, d.Cm1])
     assert (cells.sum(0) == 1).all()  # each label is in exactly one cell
@@ -63,7 +64,8 @@ def test_kendall_criterion_values():
 
 def test_random_case_masks_and_eligibility():
     y = example_y()
-    A, B, eligible = lb.random_case(y, generator=torch.Generator().manual_seed(3))
+    t = lb.random_case(y, generator=torch.Generator().manual_seed(3))
+    A, B, eligible = t.A, t.B, t.eligible
     assert torch.equal(eligible, y.any(1) & (~y).any(1))
     assert not eligible[0] and not eligible[1]
     e = eligible
@@ -77,21 +79,23 @@ def test_random_case_seeded_determinism():
     a1 = lb.random_case(y, generator=torch.Generator().manual_seed(7))
     a2 = lb.random_case(y, generator=torch.Generator().manual_seed(7))
     b = lb.random_case(y, generator=torch.Generator().manual_seed(8))
-    assert all(torch.equal(u, v) for u, v in zip(a1, a2))
+    assert all(torch.equal(getattr(a1, f), getattr(a2, f)) for f in ("y", "A", "B", "eligible"))
     assert not torch.equal(a1.A, b.A)
     assert torch.equal(lb.make_target("random", y, generator=torch.Generator().manual_seed(7)).A, a1.A)
 
 
 def test_extreme_case():
     y = example_y()
-    A, B, eligible = lb.extreme_case(y)
+    t = lb.extreme_case(y)
+    A, B, eligible = t.A, t.B, t.eligible
     assert A.all() and not B.any() and eligible.all()
     assert torch.equal(lb.target_labels(y, A), ~y)
 
 
 def test_reduce_label_eligibility():
     y = torch.tensor([[True, True, False], [True, False, False], [False, True, True], [True, True, True]])
-    A, B, eligible = lb.reduce_label(y, 0)
+    t = lb.reduce_label(y, 0)
+    A, B, eligible = t.A, t.B, t.eligible
     assert eligible.tolist() == [True, False, False, True]  # j positive and at least two positives
     assert A[eligible].tolist() == [[True, False, False]] * 2 and torch.equal(B[eligible], ~A[eligible])
     assert not (A | B)[~eligible].any()
@@ -101,7 +105,8 @@ def test_reduce_label_eligibility():
 
 def test_augment_label_eligibility():
     y = torch.tensor([[True, True, False], [False, False, True], [True, False, True]])
-    A, B, eligible = lb.augment_label(y, 2)
+    t = lb.augment_label(y, 2)
+    A, B, eligible = t.A, t.B, t.eligible
     assert eligible.tolist() == [True, False, False]  # j negative
     assert A[0].tolist() == [False, False, True] and B[0].tolist() == [True, True, False]
     assert not (A | B)[1:].any()
@@ -111,13 +116,16 @@ def test_augment_label_eligibility():
 
 def test_hide_single_hide_all_show_all():
     y = example_y(n=60)
-    A, B, e = lb.hide_single(y, generator=torch.Generator().manual_seed(0))
+    t = lb.hide_single(y, generator=torch.Generator().manual_seed(0))
+    A, B, e = t.A, t.B, t.eligible
     assert torch.equal(e, y.any(1))
     assert ((A & y).sum(1)[e] == 1).all() and not (A & ~y).any() and torch.equal(B[e], ~A[e])
-    A, B, e = lb.hide_all(y)
+    t = lb.hide_all(y)
+    A, B, e = t.A, t.B, t.eligible
     assert torch.equal(e, y.any(1)) and torch.equal(A[e], y[e]) and torch.equal(B[e], ~y[e])
     assert not lb.target_labels(y, A).any()  # every label ends negative
-    A, B, e = lb.show_all(y)
+    t = lb.show_all(y)
+    A, B, e = t.A, t.B, t.eligible
     assert torch.equal(e, (~y).any(1)) and torch.equal(A[e], ~y[e]) and torch.equal(B[e], y[e])
     assert lb.target_labels(y, A)[e].all()  # every label ends positive
 

@@ -125,7 +125,8 @@ def test_kendall_tau_b_float32_and_criterion():
     g = torch.Generator().manual_seed(5)
     y = torch.rand(40, 10, generator=g) < 0.3
     y[:, 0], y[:, 1] = True, False
-    A, B, _ = random_case(y, generator=g)
+    t = random_case(y, generator=g)
+    A, B = t.A, t.B
     y_tau = kendall_criterion(y, A, B)
     s = (torch.rand(40, 10, generator=g) * 5).floor() / 4
     ours = M.kendall_tau_b(s.float(), y_tau).numpy()
@@ -234,7 +235,7 @@ def test_evaluate_attack_by_hand():
     # pairs: (0,1) y tie; (0,2) y up, s down -> Q; (1,2) y up, s up -> P. P - Q = 0 -> tau 0
     assert float(per["kendall_tau_b"][0]) == pytest.approx(1.0) and float(per["kendall_tau_b"][1]) == pytest.approx(0.0)
     means = M.evaluate_attack(scores, x, x_adv, y, A, B)
-    assert set(means) == set(M.ATTACK_KEYS)
+    assert set(means) == set(M.METRIC_KEYS)
     assert means["rmsd"] == pytest.approx(2.0) and means["hamming_B"] == 0.0
     assert means["f1"] == pytest.approx(0.9) and means["auc"] == 1.0 and means["kendall_tau_b"] == pytest.approx(0.5)
 
@@ -310,18 +311,19 @@ def test_evaluate_attack_ranges(seed, L):
     g = torch.Generator().manual_seed(seed)
     y = torch.rand(5, L, generator=g) < 0.5
     y[:, 0], y[:, 1] = True, False
-    A, B, _ = random_case(y, generator=g)
+    t = random_case(y, generator=g)
+    A, B = t.A, t.B
     x = torch.rand(5, 1, 3, 3, generator=g)
     x_adv = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     scores = (torch.rand(5, L, generator=g).round() * 2 - 1) * 30  # logits of probabilities 0 / 1, tied
     out = M.evaluate_attack(scores, x, x_adv, y, A, B)
-    assert set(out) == set(M.ATTACK_KEYS)
+    assert set(out) == set(M.METRIC_KEYS)
     assert not any(math.isinf(v) for v in out.values())
     # NaN only where every row is undefined: B empty everywhere (L = 2), or every row's scores constant
     assert math.isnan(out["hamming_B"]) == (not bool(B.any()))
     constant = (scores == scores[:, :1]).all(1)
     assert math.isnan(out["kendall_tau_b"]) == bool(constant.all())
-    assert all(math.isfinite(out[k]) for k in M.ATTACK_KEYS if k not in ("hamming_B", "kendall_tau_b"))
+    assert all(math.isfinite(out[k]) for k in M.METRIC_KEYS if k not in ("hamming_B", "kendall_tau_b"))
     assert 0 <= out["rmsd"] <= 255 and 0 <= out["hamming_A"] <= 1 and 0 <= out["map"] <= 1
 
 
@@ -341,8 +343,8 @@ def test_metrics_on_logits_see_no_saturation_ties():
 
 def test_predictions_on_logits_use_zero_inclusively():
     logits = torch.tensor([[-1e-3, 0.0, 1e-3]])
-    assert M.predict_logits(logits).tolist() == [[False, True, True]]
-    assert torch.equal(M.predict_logits(logits), M.predict(torch.sigmoid(logits.double())))
+    assert M.predict_from_logits(logits).tolist() == [[False, True, True]]
+    assert torch.equal(M.predict_from_logits(logits), M.predict(torch.sigmoid(logits.double())))
     y, A = torch.tensor([[False, False, True]]), torch.tensor([[True, True, False]])
     x = torch.zeros(1, 1, 2, 2)
     per = M.per_image_metrics(logits, x, x, y, A, ~A)  # y* = [T, T, T]; h = [F, T, T]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlnb import attacks
-from mlnb.attack_deepfool import ML_DP_FORMS, greedy_step, min_norm_step, paper_step
+from mlnb.attacks.deepfool import ML_DP_FORMS, greedy_step, min_norm_step, paper_step
 from mlnb.labels import random_case
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -266,8 +266,9 @@ def test_a_zero_weight_row_is_left_out_not_kept_as_an_unweighted_constraint():
 
 
 def test_ml_dp_counts_iterations_as_integers_and_its_kernel_defaults_to_the_greedy_form():
-    from mlnb.attack_core import Runtime
-    from mlnb.attack_deepfool import deepfool
+    from mlnb.attacks._core import Runtime
+    from mlnb.attacks.deepfool import deepfool
+    from mlnb.target import Target
 
     model, x, _ = _linear(W_GEN, Z_GEN)
     y = torch.tensor([[True, False, True]])
@@ -276,6 +277,7 @@ def test_ml_dp_counts_iterations_as_integers_and_its_kernel_defaults_to_the_gree
     assert res.iterations.dtype == torch.int64 and int(res.iterations[0]) >= 1
     rt = Runtime(model, None, False, None)
     kw = dict(max_iter=5, overshoot=0.02, bar=type("Bar", (), {"update": lambda self, n: None})())
-    default, greedy = deepfool(rt, x, y ^ A, A | B, **kw), deepfool(rt, x, y ^ A, A | B, form="greedy", **kw)
+    goal = Target(y, A, B)
+    default, greedy = deepfool(rt, x, goal, **kw), deepfool(rt, x, goal, form="greedy", **kw)
     assert default["iterations"].dtype == torch.int64
     assert torch.equal(default["x_adv"], greedy["x_adv"]) and torch.equal(default["iterations"], greedy["iterations"])

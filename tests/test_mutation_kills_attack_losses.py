@@ -1,4 +1,4 @@
-"""Behaviour of mlnb.attack_losses that the other unit tests left unpinned (found by mutation
+"""Behaviour of mlnb.attacks.losses that the other unit tests left unpinned (found by mutation
 testing, docs/MUTATION.md): the hard threshold of Sec. III-A2 at a value other than 0.5 (pairwise
 and max/min forms), rank_goal and rank_progress by hand, and images of one batch that do not share
 their empty sets."""
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from mlnb.attack_core import rank_masks
-from mlnb import attack_losses as AL
-from mlnb.attack_losses import rank_goal, rank_loss, rank_progress, rank_terms
+from mlnb.attacks.losses import rank_goal, rank_loss, rank_progress, rank_terms
+from mlnb.attacks.rank import RANKING_SETS, ranking_sets
+from mlnb.target import Target
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -29,8 +29,10 @@ def _logit(probs):
 
 
 def _masks(y, A, B, omega_zero="C"):
-    m = rank_masks(y, A, B, omega_zero)
-    return m["om"], m["op"], m["oz"], m["A1"], m["Bm1"], m["B1"], m["Am1"]
+    """The ranking sets in the losses' argument order; an image with an empty A is marked ineligible (its
+    sets are still formed: the losses must give it zero terms)."""
+    m = ranking_sets(Target(y, A, B, eligible=A.any(1)), omega_zero)
+    return tuple(m[k] for k in RANKING_SETS)
 
 
 # y = [1, 0, 1, 0, 1], A = {0, 1}, B = {2, 3}, C = {4}:
@@ -143,7 +145,7 @@ def test_rank_loss_is_the_weighted_sum_of_the_terms():
 
 
 def test_cw_progress_is_the_logit_hinge_with_kappa_as_a_logit():
-    from mlnb.attack_losses import cw_progress
+    from mlnb.attacks.losses import cw_progress
 
     z = torch.tensor([[2.0, -1.0, 0.5, -3.0], [-1.0, 1.0, 0.0, 0.0]])
     target = _b([True, False, False, True], [True, True, False, False])
@@ -170,19 +172,9 @@ def test_rank_kernels_follow_the_logits_device_with_weights_on_the_cpu():
     assert rank_loss(torch.zeros(2, 5, device="meta"), w).device.type == "meta"
 
 
-# ----------------------------------------------------------------------------- deprecated probability forms
-def test_deprecated_satisfied_thresholds_probabilities_at_one_half_inside_the_mask():
-    probs = torch.tensor([[0.5, 0.49, 0.9, 0.1], [0.2, 0.7, 0.5, 0.5]])
-    target = torch.tensor([[True, False, False, False], [False, True, True, False]])
-    ab = torch.tensor([[True, True, True, False], [True, True, True, True]])
-    met = AL.satisfied(probs, target, ab)
-    assert met.tolist() == [[True, True, False, False], [True, True, True, False]]
-    assert AL.n_satisfied(probs, target, ab).tolist() == [2, 3]
-
-
 # ----------------------------------------------------------------------------- CW change of variables
 def test_from_w_inverts_to_w_and_maps_every_w_into_the_unit_interval():
-    from mlnb.attack_search import from_w, to_w
+    from mlnb.attacks._driver import from_w, to_w
 
     x = torch.linspace(0.01, 0.99, 11, dtype=torch.float64)
     torch.testing.assert_close(from_w(to_w(x, 0.0)), x)
@@ -193,7 +185,7 @@ def test_from_w_inverts_to_w_and_maps_every_w_into_the_unit_interval():
 def test_paper_step_keeps_a_constraint_whose_label_is_saturated_far_beyond_float32():
     """Logit 400: σ'(z) = e^-400 / (1 + e^-400)^2 is about 1e-174, tiny but representable in float64; the
     constraint must stay in the system (a step along it, of size (0.5 - F) / σ'), not drop out."""
-    from mlnb.attack_deepfool import paper_step
+    from mlnb.attacks.deepfool import paper_step
 
     J = torch.eye(3, dtype=torch.float64)[None, :2]  # (1, L=2, d=3): label k moves with pixel k
     logits = torch.tensor([[400.0, -1.0]], dtype=torch.float64)

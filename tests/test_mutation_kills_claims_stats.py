@@ -1,4 +1,4 @@
-"""Behaviour of mlnb.claims_stats that the other unit tests left unpinned (found by mutation testing,
+"""Behaviour of mlnb.paper.claims_stats that the other unit tests left unpinned (found by mutation testing,
 docs/MUTATION.md): Est arithmetic, the seeding and size of the resamples, the histogram bins, and
 what ClaimData reports (reasons, dropped counts) on small frames built by hand."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlnb import claims_stats as S
-from mlnb.paper_results import paper_table
+from mlnb.paper import claims_stats as S
+from mlnb.paper.tables import paper_table
 
 pytestmark = pytest.mark.unit
 

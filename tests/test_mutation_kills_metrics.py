@@ -29,8 +29,8 @@ def _example():
 
 
 # ----------------------------------------------------------------------------- messages name the argument
-def test_predict_logits_names_the_logits():
-    assert _msg(M.predict_logits, torch.tensor([[0.0, float("nan")]])) == (
+def test_predict_from_logits_names_the_logits():
+    assert _msg(M.predict_from_logits, torch.tensor([[0.0, float("nan")]])) == (
         "logits contains NaN or Inf: the metrics need finite logits")
 
 
@@ -228,7 +228,7 @@ def test_ranking_metrics_keep_float64_and_its_precision():
 
 
 def test_kendall_kernel_takes_float_and_bool_criteria():
-    from mlnb.attack_losses import kendall_tau_b as kernel
+    from mlnb.metrics import tau_b_kernel as kernel
 
     s = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
     assert kernel(s, torch.tensor([[0.1, 0.2, 0.25, 0.3]])).item() == pytest.approx(1.0)  # fractional: not truncated

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlnb.pipeline import notebook_paths
+from mlnb.running.pipeline import notebook_paths
 
 pytestmark = pytest.mark.notebooks
 

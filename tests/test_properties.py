@@ -142,7 +142,7 @@ NAN_OK = {"hamming_B", "auc", "kendall_tau_b"}  # undefined rows, documented in 
 
 
 def check_metrics(values: dict, B: torch.Tensor | None = None) -> None:
-    assert set(values) == set(metrics.ATTACK_KEYS)
+    assert set(values) == set(metrics.METRIC_KEYS)
     for k, v in values.items():
         v = torch.as_tensor(v, dtype=torch.float64)
         nan = torch.isnan(v)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlnb import readme_results as R
+from mlnb.running import readme_results as R
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "docs" / "results-default.json"
@@ -14,7 +14,7 @@ SNAPSHOT = ROOT / "docs" / "results-default.json"
 def test_readme_section_is_rendered_from_the_snapshot():
     snap = json.loads(SNAPSHOT.read_text())
     assert R.readme_section((ROOT / "README.md").read_text()) == R.render(snap), \
-        "README results section and docs/results-default.json disagree: run python -m mlnb.readme_results"
+        "README results section and docs/results-default.json disagree: run python -m mlnb.running.readme_results"
 
 
 @pytest.mark.unit

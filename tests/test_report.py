@@ -1,4 +1,4 @@
-"""Unit tests of mlnb.report.write_index: every file linked, names escaped, titles and descriptions."""
+"""Unit tests of mlnb.running.report.write_index: every file linked, names escaped, titles and descriptions."""
 import html
 import json
 import re
@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from mlnb.report import write_index
+from mlnb.running.report import write_index
 
 pytestmark = pytest.mark.unit
 

@@ -17,8 +17,9 @@ import torch
 
 from mlnb import attacks, models
 from mlnb import experiments as E
-from mlnb.attack_core import AttackResult
+from mlnb.attacks import AttackResult
 from mlnb.presets import PAPER_FORMS, ROW_NAMES, get_preset, row_attack
+from mlnb.target import Target
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -32,9 +33,9 @@ ALTERNATIVES = {
     "check_every": [10, 3], "overshoot": [None, 0.1], "form": ["greedy", "paper"],
     "omega_zero": ["C", "C1"], "threshold": [None, 0.4], "pairwise": [False, True],
     "weights": [None, None], "select": ["tau", "constraints"],
-    "autocast_dtype": [None, torch.bfloat16], "channels_last": [False, True],
+    "autocast_dtype": [None, torch.bfloat16], "channels_last": [False, True], "early_abort": [True, False],
 }
-NOT_IN_KEY = {"batch_size", "generator", "progress"}  # set by the runner, or results-neutral by design
+NOT_IN_KEY = {"batch_size", "trace", "generator", "progress"}  # set by the runner, or results-neutral by design
 
 
 def tunables(row: str) -> dict:
@@ -90,14 +91,15 @@ class Harness:
             monkeypatch.setitem(attacks.ATTACKS, name, self._attack(name))
 
     def _attack(self, name):
-        def attack(model, x, y, A, B, *, generator=None, progress=True, **params):
+        def attack(model, x, target, *, generator=None, progress=True, **params):
+            assert isinstance(target, Target) and len(target) == x.shape[0]  # the runner passes the images' Target
             self.calls.append((name, x.shape[0], params))
             x_adv = (x + 0.02).clamp(0, 1)
             with torch.no_grad():
                 z = model(x_adv)
             n = x.shape[0]
             return AttackResult(x_adv=x_adv, scores=torch.sigmoid(z), logits=z, success=torch.ones(n, dtype=torch.bool),
-                                n_satisfied=(A | B).sum(1), iterations=torch.ones(n, dtype=torch.long),
+                                n_satisfied=target.n_constraints, iterations=torch.ones(n, dtype=torch.long),
                                 param=torch.full((n,), float("nan")), kendall_tau=torch.zeros(n))
         return attack
 
@@ -127,6 +129,24 @@ def test_a_rerun_reuses_and_batch_size_does_not_change_the_key(harness):
         assert harness.last.table.to_csv() == table
     scenario = [size for name, size, p in calls if p.get("eps") == "scenario"]
     assert scenario == [4]  # the scenario row is one call over its images, whatever batch_size is
+
+
+@pytest.mark.parametrize("row", ["ml_cw", "rank1", "rank2", "fgs", "ml_dp"])
+def test_the_attacks_batch_size_and_trace_do_not_change_the_key(harness, row):
+    """The attack's own ``batch_size`` (how many images share a forward) and ``trace`` (a record of the
+    search) change how, not what, is computed: asking for them reuses the run."""
+    calls, keys = harness.run([row])
+    assert calls
+    has_trace = "trace" in inspect.signature(REAL[row_attack(row)]).parameters
+    assert has_trace == (row_attack(row) in ("ml_cw", "rank1", "rank2"))
+    neutral = {"batch_size": 1, **({"trace": True} if has_trace else {})}
+    for key, value in neutral.items():
+        again, keys2 = harness.run([row], params={row: {key: value}})
+        assert again == [] and keys2 == keys, (row, key)
+    # a parameter that does change the results still makes a new run beside them
+    if row_attack(row) in ("ml_cw", "rank1", "rank2"):
+        calls, keys3 = harness.run([row], params={row: {"early_abort": False}})
+        assert calls and len(keys3) == len(keys) + 1
 
 
 @pytest.mark.parametrize("row", ROW_NAMES)

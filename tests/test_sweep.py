@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlnb.sweep import parse_grid, resolve_notebook, run_sweep
+from mlnb.running.sweep import parse_grid, resolve_notebook, run_sweep
 
 
 @pytest.mark.unit

@@ -8,11 +8,10 @@ logit is its bias and every label negative: in X but not eligible for the random
 import pytest
 import torch
 
-from mlnb import attack_search
 from mlnb.attacks import fgs
 from mlnb.labels import random_case
-from mlnb.tutorial import (draw_attack_set, load_attack_set, no_early_abort, on_cpu, per_image_table, target_text,
-                           targets_table)
+from mlnb.target import Target
+from mlnb.tutorial import draw_attack_set, load_attack_set, on_cpu, per_image_table, target_text, targets_table
 
 pytestmark = pytest.mark.unit
 
@@ -145,10 +144,12 @@ def test_on_cpu(problem):
             on_cpu(data, bad)
 
 
-def test_no_early_abort_restores_the_default():
-    before = attack_search.EARLY_ABORT
-    with pytest.raises(RuntimeError):
-        with no_early_abort():
-            assert attack_search.EARLY_ABORT is False
-            raise RuntimeError
-    assert attack_search.EARLY_ABORT is before
+def test_attack_set_target_is_its_images_target(problem):
+    """``AttackSet.target``: the drawn images' y, A and B as one Target, which any attack takes as is."""
+    data = draw(problem)
+    t = data.target
+    assert isinstance(t, Target) and len(t) == len(data.ids) and t.eligible.all()
+    assert torch.equal(t.y, data.y) and torch.equal(t.A, data.A) and torch.equal(t.B, data.B)
+    a = fgs(data.model, data.x, t, progress=False, eps_max=0.2, n_eps=3)
+    b = fgs(data.model, data.x, data.y, data.A, data.B, progress=False, eps_max=0.2, n_eps=3)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success)

@@ -1,8 +1,8 @@
 """``results/index.html``: one page linking every rendered notebook, figure and table of a run.
 
-The pipeline (``mlnb.pipeline``) executes the notebooks with papermill, renders them with nbconvert
-into ``results/html/`` and then calls :func:`write_index`. Each notebook gets a section with its
-title (the first line of its first markdown cell), a link to its HTML, and one line per figure
+The pipeline (``mlnb.running.pipeline``) executes the notebooks with papermill, renders them with
+nbconvert into ``results/html/`` and then calls :func:`write_index`. Each notebook gets a section with
+its title (the first line of its first markdown cell), a link to its HTML, and one line per figure
 (``.png``), table (``.csv``) and metrics file (``.json``) under ``results/<notebook>/``.
 
 Introduced in notebooks/10_explorer.ipynb.
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .utils import atomic_write_text, project_root, results_root as _results_root
+from ..utils import atomic_write_text, project_root, results_root as _results_root
 
 KINDS = {".png": "figure", ".svg": "figure", ".csv": "table", ".json": "metrics"}
 SKIP_DIRS = {"executed", "html"}
@@ -140,7 +140,7 @@ def write_index(results_root: str | Path | None = None, notebooks_html_dir: str 
     root = Path(results_root) if results_root is not None else _results_root()
     if not root.is_dir():
         raise FileNotFoundError(f"results_root {root} is not a folder: run the notebooks first "
-                                f"(python -m mlnb.pipeline run) or pass the folder that holds their results")
+                                f"(python -m mlnb.running.pipeline run) or pass the folder that holds their results")
     html_dir = Path(notebooks_html_dir) if notebooks_html_dir is not None else root / "html"
     out = Path(out) if out is not None else root / "index.html"
     search = [Path(p) for p in notebooks_dirs] if notebooks_dirs else [root / "executed", project_root() / "notebooks"]

@@ -1,4 +1,4 @@
-"""Statistics behind :mod:`mlnb.claims`: paired bootstrap over images and the four-state decision.
+"""Statistics behind :mod:`mlnb.paper.claims`: paired bootstrap over images and the four-state decision.
 
 * :class:`Est`: a quantity measured on the full sample (``point``) with its bootstrap ``draws``; a
   difference, ratio or average of :class:`Est` built from the *same* resamples is a paired statistic.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .presets import ATTACK_NAMES
-from .store import COLUMNS as METRIC_COLUMNS  # records key -> table column
+from ..presets import ATTACK_NAMES
+from ..metrics import METRIC_COLUMNS  # records key -> table column
 
 TOL = 5e-5  # half a unit of the paper's 4th decimal: a smaller difference is a tie
 N_BOOT = 2000

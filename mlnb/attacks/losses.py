@@ -9,14 +9,14 @@ The paper writes its constraints on probabilities ``F = sigmoid(z)``. Each loss 
 the value is the formula's wherever float64 can hold it, the gradient is the true derivative (never
 float32 sigmoid's rounded 0 at a saturated label), and two labels with different logits never tie.
 
-* :func:`constraints_met` / :func:`n_met`: the constraints of Eq. (4) at the 0.5 threshold (Eq. 3b),
-  decided on the logits (``sigmoid(z) >= 0.5`` exactly when ``z >= 0``): the one definition of
-  success used by every attack, the runner and the metrics.
+* Success (the constraints of Eq. 4 at the 0.5 threshold, on the logits) is not here: it is decided in
+  one place, :meth:`mlnb.target.Target.constraints_met` / ``n_satisfied`` / ``met``.
 * :func:`cw_hinge`: the hinge of ML-CW, Eq. (5).
 * :func:`rank_terms`: the five hinge terms of Rank I (Eq. 9, or the pairwise Eq. 8) and of Rank II
   (Eq. 11, both constraints of Eq. 10), on the ``e^f`` scores of the paper; :func:`rank_goal`: whether
   every ranking constraint they encode holds *strictly* (a tie is not a success).
-* :func:`kendall_tau_b`: Kendall's tau-b between scores and ``y_tau`` (selection rule of Sec. III-C2).
+* Kendall's tau-b (the selection rule of Sec. III-C2) is :func:`mlnb.metrics.kendall_tau_b`; the driver
+  calls its unvalidated kernel :func:`mlnb.metrics.tau_b_kernel`.
 
 Introduced in notebooks/03_ml_cw.ipynb and notebooks/05_rank_attacks.ipynb.
 """
@@ -24,25 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from . import probability as P
-from .metrics import THRESHOLD, _kendall_tau_b_kernel
+from .. import probability as P
 
 N_RANK_TERMS = 5  # Eq. (9) has three terms, Eq. (11) adds two
-
-
-def constraints_met(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Which constraints of Eq. (4) hold: ``(N, L)`` bool, True where label ``i ∈ A ∪ B`` is on the
-    target side of the threshold: ``F_i >= 0.5`` (logit ``>= 0``) for a positive target ``y*_i``,
-    ``F_i < 0.5`` (logit ``< 0``) otherwise.
-
-    ``logits`` ``(N, L)``, ``target`` = ``y*`` ``(N, L)`` bool, ``ab`` = ``A | B``.
-    """
-    return ab & ((logits >= 0) == target)
-
-
-def n_met(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Number of constraints of Eq. (4) that hold per image, ``(N,)`` int64 (from logits)."""
-    return constraints_met(logits, target, ab).sum(1)
 
 
 def cw_hinge(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0,
@@ -73,17 +57,6 @@ def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, ka
     margin = torch.where(target, z, -z)
     k = P.logit(0.5 + kappa) if 0 < kappa < 0.5 else (0.0 if kappa <= 0 else 40.0)
     return (torch.clamp(k - margin, min=0) * ab).sum(1)
-
-
-# deprecated names: the same tests on probabilities (which round: prefer constraints_met on logits)
-def satisfied(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Deprecated: :func:`constraints_met` on probabilities (``prob >= 0.5``); rounds for saturated labels."""
-    return ab & ((probs >= THRESHOLD) == target)
-
-
-def n_satisfied(probs: torch.Tensor, target: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Deprecated: :func:`n_met` on probabilities."""
-    return satisfied(probs, target, ab).sum(1)
 
 
 def _masked_extreme(z: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
@@ -194,9 +167,3 @@ def rank_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     ``weights`` ``(5,)`` are ``λ_i / λ``: ``(1, 1, 1, 0, 0)`` is Rank I, ``(1, 1, 1, 1, 1)`` Rank II.
     """
     return terms @ weights.to(terms.device, terms.dtype)
-
-
-# Kendall tau-b (selection rule of Sec. III-C2): one kernel, shared with mlnb.metrics (unvalidated here).
-# Pass logits rather than probabilities where they may saturate: the ranking is the same and float32
-# sigmoid ties (probabilities of exactly 1.0) are avoided.
-kendall_tau_b = _kendall_tau_b_kernel

@@ -1,9 +1,9 @@
 """The qualitative findings of Sec. IV-F (Table IV) and IV-G (Table V, Fig. 1) as decided checks.
 
-Each claim is decided on the per-image records (:attr:`mlnb.experiments.ExperimentResult.records`)
-by a *paired* bootstrap over images (:mod:`mlnb.claims_stats`: every attack of a strategy ran on the
-same images, so the images are resampled with replacement, 2000 times, seeded, and each comparison
-``a < b`` is the interval of ``mean_a - mean_b`` on the same resamples). A row's ``state`` is one of
+Each claim is decided on the per-image records (:attr:`mlnb.experiments.ExperimentResult.records`) by a
+*paired* bootstrap over images (:mod:`mlnb.paper.claims_stats`: every attack of a strategy ran on the same
+images, so the images are resampled with replacement, 2000 times, seeded, and each comparison ``a < b`` is
+the interval of ``mean_a - mean_b`` on the same resamples). A row's ``state`` is one of
 
 * ``"holds"``: the whole 95% interval is on the claim's side of its boundary (for every part);
 * ``"does not hold"``: the whole interval is on the other side (for at least one part);
@@ -11,13 +11,12 @@ same images, so the images are resampled with replacement, 2000 times, seeded, a
 * ``"not testable"``: ``reason`` says why (an attack / strategy not run, no per-image records for a
   Fig. 1 claim, or the two rows are identical by construction).
 
-``holds`` (kept for older callers) is True / False / None. Differences within :data:`TOL` (half a
-unit of the paper's 4th decimal) are ties, so "a < b" needs ``mean_a - mean_b < -TOL``. RMSD
-comparisons drop images where either side has ``rmsd == 0`` (the attack gave back the clean image)
-and say how many. Only the paper's six rows count (``fgs_per_image`` etc. are ignored).
-
-The paper's own tables (:mod:`mlnb.paper_results`, means only) are decided on the point values
-(:func:`table4_claims_from_table`, :func:`table5_claims_from_table`); every testable claim holds there.
+``holds`` (kept for older callers) is True / False / None. Differences within :data:`TOL` (half a unit of
+the paper's 4th decimal) are ties, so "a < b" needs ``mean_a - mean_b < -TOL``. RMSD comparisons drop
+images where either side has ``rmsd == 0`` (the attack gave back the clean image) and say how many. Only
+the paper's six rows count (``fgs_per_image`` etc. are ignored). The paper's own tables
+(:mod:`mlnb.paper.tables`, means only) are decided on the point values (:func:`table4_claims_from_table`,
+:func:`table5_claims_from_table`); every testable claim holds there.
 
 Introduced in notebooks/06_general_attacks.ipynb.
 """
@@ -28,12 +27,12 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from ..presets import ATTACK_NAMES, ROW_TITLES
+from ..metrics import METRIC_COLUMNS  # records key -> table column
 from .claims_stats import (N_BOOT, STATES, TOL, ClaimData, Est, NotTestable, bin_index, is_records,  # noqa: F401
                            conjunction, decide, holds_value, margin, overlap)
-from .presets import ATTACK_NAMES, ROW_TITLES
-from .store import COLUMNS as METRIC_COLUMNS  # records key -> table column
 
-COLUMNS = ("section", "claim", "measured", "state", "holds", "reason")
+CLAIM_COLUMNS = ("section", "claim", "measured", "state", "holds", "reason")
 GENERAL, SPECIFIED = ("random", "extreme"), ("reduce", "augment")
 RANKING = {"ranking_loss": "<", "map": ">", "auc": ">", "kendall_tau_b": ">"}  # the better direction
 LABELS = {**METRIC_COLUMNS, "abs_half": "|p_adv - 0.5|", "margin": "margin past 0.5"}
@@ -267,11 +266,11 @@ def _row(section: str, claim: str, check, d: ClaimData) -> dict:
 
 def _claims(prefix, claims, data, dataset, n_boot, seed) -> pd.DataFrame:
     d = ClaimData(data, dataset, n_boot, seed)
-    return pd.DataFrame([_row(f"{prefix} {s}", c, f, d) for s, c, f in claims], columns=list(COLUMNS))
+    return pd.DataFrame([_row(f"{prefix} {s}", c, f, d) for s, c, f in claims], columns=list(CLAIM_COLUMNS))
 
 
 def table4_claims(data: pd.DataFrame, dataset: str | None = None, *, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Sec. IV-F (Table IV, random and extreme cases): one row per claim, columns :data:`COLUMNS`.
+    """Sec. IV-F (Table IV, random and extreme cases): one row per claim, columns :data:`CLAIM_COLUMNS`.
 
     ``data``: the records frame (bootstrap decisions) or an aggregated table (point decisions);
     ``dataset``: which data set (default: the first).

@@ -1,8 +1,8 @@
 """The main job: execute every notebook with papermill, render HTML and write ``results/index.html``.
 
-    python -m mlnb.pipeline run --preset default          # what `make run` calls
-    python -m mlnb.pipeline run --only 03,05 --preset smoke
-    python -m mlnb.pipeline prepare --preset smoke --out build/nbval   # parameterised copies for nbval
+    python -m mlnb.running.pipeline run --preset default          # what `make run` calls
+    python -m mlnb.running.pipeline run --only 03,05 --preset smoke
+    python -m mlnb.running.pipeline prepare --preset smoke --out build/nbval   # parameterised copies for nbval
 
 Each notebook runs in its own kernel with the working directory set to ``notebooks/``; its
 executed copy goes to ``results/executed/`` and its HTML to ``results/html/``. The time each
@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from .presets import PRESETS
-from .utils import atomic_write_text, param_hash, project_root, results_root, write_json
-from .validate import check_choice
+from ..presets import PRESETS
+from ..utils import atomic_write_text, param_hash, project_root, results_root, write_json
+from ..validate import check_choice
 
 
 def notebook_paths(only: list[str] | None = None, folder: Path | None = None) -> list[Path]:
@@ -122,7 +122,7 @@ def prepare_notebooks(out: Path, preset: str = "smoke", *, seed: int = 0, only: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlnb.pipeline", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mlnb.running.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute every notebook, render HTML, write results/index.html")

@@ -5,15 +5,16 @@ Private to :mod:`mlnb.attacks`. Introduced in notebooks/02_baselines_fgs_fg.ipyn
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from . import validate as V
-from .attack_losses import constraints_met, kendall_tau_b, n_met
-from .labels import divisions, kendall_criterion
+from .. import validate as V
+from ..target import Target
+from ..metrics import tau_b_kernel
 
 AUTOCAST_CHOICES = (None, torch.bfloat16)  # float16 has no loss scaling here: see validate_attack_inputs
 
@@ -73,13 +74,35 @@ class Runtime:
         return out.float()
 
 
-def validate_attack_inputs(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> int:
-    """Boundary checks shared by every attack; returns the number of labels ``L``."""
+def as_target(y, A, B) -> Target:
+    """The attack's :class:`~mlnb.target.Target`: ``y`` itself when it is one (then ``A`` and ``B`` are
+    None and every image must be eligible), else ``Target(y, A, B)``, validated here, once."""
+    if isinstance(y, Target):
+        if A is not None or B is not None:
+            raise TypeError("pass either a Target (attack(model, x, target)) or three tensors "
+                            "(attack(model, x, y, A, B)), not both")
+        if not bool(y.eligible.all()):
+            bad = (~y.eligible).nonzero().flatten().tolist()
+            raise ValueError(f"the target does not apply to images {bad[:10]} (eligible is False): attack only the "
+                             f"eligible ones, e.g. attack(model, x[t.eligible], t[t.eligible])")
+        return y
+    if A is None or B is None:
+        raise TypeError("pass the target as attack(model, x, y, A, B) with A (labels to flip) and B (labels to "
+                        "keep), or as attack(model, x, target) with a mlnb.target.Target")
+    V.check_label_matrix(y, "y")
+    return Target(y, A, B)
+
+
+def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tuple[Runtime, Target]:
+    """Boundary checks shared by every attack: the model, the images, the target (validated once),
+    the runtime options. Returns how to call the model and the target."""
     V.check_eval_model(model)
     V.check_images(x, "x")
-    V.check_label_matrix(y, "y")
-    V.check_same_rows(x=x, y=y, A=A, B=B)
-    V.check_target(y, A, B)
+    if not isinstance(y, Target) and A is not None and B is not None:
+        V.check_label_matrix(y, "y")
+        V.check_same_rows(x=x, y=y, A=A, B=B)
+    target = as_target(y, A, B)
+    V.check_same_rows(x=x, y=target.y)
     if batch_size is not None:
         V.check_positive("batch_size", batch_size, integer=True)
     if autocast_dtype is torch.float16:
@@ -93,9 +116,8 @@ def validate_attack_inputs(model, x, y, A, B, *, batch_size, autocast_dtype, cha
         raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
     with torch.no_grad():
         probe = model(x[:1])
-    L = int(y.shape[1])
-    V.check_logits(probe, 1, L)
-    return L
+    V.check_logits(probe, 1, int(target.y.shape[1]))
+    return Runtime(model, autocast_dtype, channels_last, batch_size), target
 
 
 def _free_memory(device: torch.device) -> None:
@@ -130,9 +152,9 @@ def run_in_chunks(n: int, batch_size: int | None, device: torch.device,
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, A: torch.Tensor,
-             B: torch.Tensor, iterations: torch.Tensor, param: torch.Tensor, extras: dict) -> AttackResult:
-    """Evaluate the model once at ``x_adv`` and derive every reported field from those scores."""
+def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, target: Target, iterations: torch.Tensor,
+             param: torch.Tensor, extras: dict) -> AttackResult:
+    """Evaluate the model once at ``x_adv`` and derive every reported field from those logits."""
     x_adv = x_adv.clamp(0, 1)
 
     def evaluate(sl: slice) -> dict:
@@ -140,15 +162,13 @@ def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
             return {"logits": rt.logits(x_adv[sl])}
 
     logits = run_in_chunks(x.shape[0], rt.batch_size, x.device, evaluate)["logits"]
-    scores = torch.sigmoid(logits)
-    target, ab = y ^ A, A | B
-    nsat = n_met(logits, target, ab)
-    ncon = ab.sum(1)
-    extras = {"n_constraints": ncon, "l2": (x_adv - x).flatten(1).norm(dim=1),
-              "flipped_A": constraints_met(logits, target, A).sum(1), **extras}
-    return AttackResult(x_adv=x_adv, scores=scores, logits=logits, success=nsat == ncon, n_satisfied=nsat,
+    nsat = target.n_satisfied(logits)
+    extras = {"n_constraints": target.n_constraints, "l2": (x_adv - x).flatten(1).norm(dim=1),
+              "flipped_A": target.flipped(logits), **extras}
+    return AttackResult(x_adv=x_adv, scores=torch.sigmoid(logits), logits=logits,
+                        success=nsat == target.n_constraints, n_satisfied=nsat,
                         iterations=iterations.to(torch.int64), param=param.float(),
-                        kendall_tau=kendall_tau_b(logits, kendall_criterion(y, A, B)), extras=extras)
+                        kendall_tau=tau_b_kernel(logits, target.y_tau), extras=extras)
 
 
 def progress_bar(total: int, progress: bool, desc: str):
@@ -156,21 +176,26 @@ def progress_bar(total: int, progress: bool, desc: str):
     return tqdm(total=total, disable=not progress, desc=desc, unit="img-step", leave=False)
 
 
-def rank_masks(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor, omega_zero: str) -> dict:
-    """Per-image masks used by the ranking losses (Table I cells and Ω sets), all ``(N, L)`` bool."""
-    d = divisions(y, A, B, omega_zero=omega_zero)
-    return {"om": d.omega_minus, "op": d.omega_plus, "oz": d.omega_zero,
-            "A1": d.A1, "Bm1": d.Bm1, "B1": d.B1, "Am1": d.Am1}
+def select_rows(state, keep: torch.Tensor):
+    """The rows ``keep`` (an index tensor) of a per-image state: a tensor, a
+    :class:`~mlnb.target.Target`, a dict or a dataclass of them (recursively); None stays None."""
+    if state is None:
+        return None
+    if isinstance(state, (torch.Tensor, Target)):
+        return state.index_select(0, keep) if isinstance(state, torch.Tensor) else state.index_select(keep)
+    if isinstance(state, dict):
+        return {k: select_rows(v, keep) for k, v in state.items()}
+    return dataclasses.replace(state, **{f.name: select_rows(getattr(state, f.name), keep)
+                                         for f in dataclasses.fields(state)})
 
 
 def flush_finished(S: dict, out: dict, finished: torch.Tensor, fields: dict[str, str]) -> dict:
-    """Active-batch shrinking, shared by the iterative attacks: copy the results of the ``finished``
-    rows of the state ``S`` into ``out`` (``out[k][rows] = S[v][finished]`` for ``k, v`` in ``fields``,
-    rows located by ``S["idx"]``) and return ``S`` without those rows."""
+    """Active-batch shrinking of a dict state: copy the results of the ``finished`` rows of ``S`` into
+    ``out`` (``out[k][rows] = S[v][finished]`` for ``k, v`` in ``fields``, rows located by ``S["idx"]``)
+    and return ``S`` without those rows."""
     if not bool(finished.any()):
         return S
     idx = S["idx"][finished]
     for out_key, state_key in fields.items():
         out[out_key][idx] = S[state_key][finished].to(out[out_key].dtype)
-    keep = (~finished).nonzero().flatten()
-    return {k: v.index_select(0, keep) for k, v in S.items()}
+    return select_rows(S, (~finished).nonzero().flatten())

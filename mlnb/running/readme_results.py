@@ -1,6 +1,6 @@
 """The README's results section, rendered from one recorded run so that the text says only what was measured.
 
-    python -m mlnb.readme_results --results results --snapshot docs/results-default.json --readme README.md
+    python -m mlnb.running.readme_results --results results --snapshot docs/results-default.json --readme README.md
 
 reads a finished ``make run`` (``results/``: ``pipeline.json``, each notebook's ``metrics.json`` and
 tables), writes the numbers the README quotes into a small JSON **snapshot** (with the run's
@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from .presets import ROW_TITLES
+from ..presets import ROW_TITLES
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 QUOTED_COLUMNS = (  # the columns of table.csv the README quotes
@@ -102,7 +102,7 @@ def render(snap: dict) -> str:
     lines = [
         f"Measured by `make run` on the default preset ({env['machine']}, {env['cpu_threads']} CPU threads, "
         f"torch {env['torch']}); every figure below is rendered from `docs/results-default.json`, the snapshot "
-        f"of that run (`python -m mlnb.readme_results` rewrites this section from a new run; "
+        f"of that run (`python -m mlnb.running.readme_results` rewrites this section from a new run; "
         f"`tests/test_readme_results.py` checks that the text and the snapshot agree).",
         "",
         f"- **Time**: {snap['minutes_total']} minutes for the {len(snap['seconds'])} notebooks on "
@@ -155,7 +155,7 @@ def readme_section(readme_text: str) -> str:
 
 
 def write_section(readme: Path, text: str) -> None:
-    from .utils import atomic_write_text
+    from ..utils import atomic_write_text
 
     old = readme.read_text()
     readme_section(old)  # check the markers
@@ -164,9 +164,9 @@ def write_section(readme: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .utils import atomic_write_text
+    from ..utils import atomic_write_text
 
-    ap = argparse.ArgumentParser(prog="python -m mlnb.readme_results", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mlnb.running.readme_results", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results", help="a finished run's folder (default: %(default)s)")
     ap.add_argument("--snapshot", default="docs/results-default.json")
     ap.add_argument("--readme", default="README.md")

@@ -13,8 +13,10 @@ import math
 
 import pandas as pd
 
+from ..metrics import METRIC_COLUMNS
+
 NA = math.nan
-COLUMNS = ("RMSD", "Hamming(A)", "Hamming(B)", "F1", "Ranking loss", "mAP", "AUC", "Kendall tau-b")
+METRICS = tuple(METRIC_COLUMNS.values())  # the paper's eight metric columns, in its order
 INDEX = ("dataset", "strategy", "attack")
 
 # Table III: the attacked model (Inception-v3 retrained with Eq. 12) on clean test images.
@@ -68,7 +70,7 @@ _V = {
 
 def _frame(data: dict) -> pd.DataFrame:
     rows = [((d, s, a), vals) for (d, s), attacks in data.items() for a, vals in attacks.items()]
-    return pd.DataFrame([v for _, v in rows], columns=list(COLUMNS),
+    return pd.DataFrame([v for _, v in rows], columns=list(METRICS),
                         index=pd.MultiIndex.from_tuples([k for k, _ in rows], names=list(INDEX)))
 
 
@@ -99,6 +101,6 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, *, paper_dataset: str 
     o = ours.droplevel("dataset") if "dataset" in ours.index.names else ours
     p = paper.xs(paper_dataset, level="dataset") if "dataset" in paper.index.names else paper
     p = p.reindex(o.index)
-    out = pd.concat({"ours": o[list(COLUMNS)], "paper": p[list(COLUMNS)]}, axis=1)
+    out = pd.concat({"ours": o[list(METRICS)], "paper": p[list(METRICS)]}, axis=1)
     out = out.swaplevel(0, 1, axis=1)
-    return out[[(c, s) for c in COLUMNS for s in ("ours", "paper")]]
+    return out[[(c, s) for c in METRICS for s in ("ours", "paper")]]

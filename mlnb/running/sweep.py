@@ -1,6 +1,6 @@
 """papermill sweeps: run one notebook over a grid of parameters, collect every run's ``metrics.json``.
 
-    python -m mlnb.sweep --notebook 06_general_attacks --preset smoke --grid MAX_RMSD=1.0,4.0 --grid SEED=0,1
+    python -m mlnb.running.sweep --notebook 06_general_attacks --preset smoke --grid MAX_RMSD=1.0,4.0 --grid SEED=0,1
     make sweep                                             # the Makefile's example
 
 Each grid point (the Cartesian product of the ``--grid`` values) is one papermill run with its
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .utils import atomic_write_text, param_hash, project_root, results_root
+from ..utils import atomic_write_text, param_hash, project_root, results_root
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -100,7 +100,7 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
     """
     import papermill as pm
 
-    from .plots import sweep_plot
+    from ..plots import sweep_plot
 
     path = resolve_notebook(notebook)
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
@@ -142,9 +142,10 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mlnb.sweep``: run a grid, print the collected table."""
-    ap = argparse.ArgumentParser(prog="python -m mlnb.sweep", description=__doc__.split("\n\n")[0],
-                                 epilog="Example: python -m mlnb.sweep --notebook 06 --preset smoke --grid MAX_RMSD=1.0,4.0")
+    """``python -m mlnb.running.sweep``: run a grid, print the collected table."""
+    ap = argparse.ArgumentParser(prog="python -m mlnb.running.sweep", description=__doc__.split("\n\n")[0],
+                                 epilog="Example: python -m mlnb.running.sweep --notebook 06 --preset smoke "
+                                        "--grid MAX_RMSD=1.0,4.0")
     ap.add_argument("--notebook", required=True, help="path, stem or number of a notebook (e.g. 06_general_attacks)")
     ap.add_argument("--grid", action="append", required=True, metavar="NAME=v1,v2",
                     help="a parameter and its values (repeatable: the grid is their product)")

@@ -1,0 +1,112 @@
+"""The seeded plan of the experiment runner (Sec. IV-E): which images are attacked with which targets,
+in which chunks, with which parameters, and what a run key holds. Everything here is a pure function of
+the seed, the preset and the row, so that every row and every process follows the same plan.
+
+Introduced in notebooks/06_general_attacks.ipynb.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .labels import make_target
+from .presets import PAPER_FORMS, Preset, row_attack
+from .target import THRESHOLD
+from .validate import check_choice
+
+GENERAL = ("random", "extreme")
+LABEL_SPECIFIED = ("reduce", "augment")
+METRICS_VERSION = "logits-halfties"  # in the run key: records scored on probabilities are not reused
+NOT_IN_RUN_KEY = ("batch_size", "trace")  # attack parameters that change how, not what, is computed
+
+def derive_seed(*parts) -> int:
+    """A 62-bit seed from any printable parts (stable across processes and platforms)."""
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def seeded_generator(*parts) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts``."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+# ----------------------------------------------------------------------------- attack set and targets
+def attack_set(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly,
+    ``(scores >= 0.5) == y`` on all ``L`` labels. ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool."""
+    return ((scores >= THRESHOLD) == y).all(1).nonzero().flatten()
+
+
+def draw_targets(y: torch.Tensor, candidates: torch.Tensor, strategy: str, n: int, *, seed: int,
+                 dataset: str = "", label=None, names=None):
+    """Draw ``n`` images of ``candidates`` (indices into ``y``) eligible for ``strategy``, and their targets.
+
+    Returns ``(idx (n',), target, n_eligible)``: ``idx`` sorted ascending, ``target`` the
+    :class:`~mlnb.target.Target` of those images (``n'`` rows), and
+    ``n' = min(n, n_eligible)``. The draw (a permutation of the eligible images, first ``n`` kept) and
+    the random-case labels come from generators seeded by ``(seed, dataset, strategy)`` only.
+    """
+    yc = y[candidates]
+    target = make_target(strategy, yc, label=label, names=names, generator=seeded_generator(seed, dataset, strategy, "target"))
+    eligible = target.eligible.nonzero().flatten()
+    perm = torch.randperm(len(eligible), generator=seeded_generator(seed, dataset, strategy, "draw"))
+    pick = eligible[perm[:n]].sort().values
+    return candidates[pick], target[pick], int(len(eligible))
+
+
+def project_rmsd(x: torch.Tensor, x_adv: torch.Tensor, max_rmsd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project each perturbation onto the RMSD ball of radius ``max_rmsd`` (0-255 scale, Sec. IV-D).
+
+    ``x``, ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``. Returns ``(x_proj (N, C, H, W), projected (N,) bool)``;
+    ``r <- r * min(1, max_rmsd / RMSD(r))``, unchanged where the bound already holds.
+    """
+    r = x_adv - x
+    rmsd = (r * 255.0).flatten(1).pow(2).mean(1).sqrt()
+    projected = rmsd > max_rmsd
+    scale = torch.where(projected, max_rmsd / rmsd.clamp(min=1e-12), torch.ones_like(rmsd))
+    return (x + r * scale.view(-1, 1, 1, 1)).clamp(0.0, 1.0), projected
+
+
+def row_params(preset: Preset, row: str, params: dict | None = None) -> dict:
+    """The resolved keyword arguments of a table row: the preset's for its attack, then the paper form
+    (:data:`mlnb.presets.PAPER_FORMS`), then ``params[row]`` (``params`` is keyed by row name)."""
+    return {**preset.attack_params(row_attack(row)), **PAPER_FORMS.get(row, {}), **(params or {}).get(row, {})}
+
+
+def is_scenario_row(p: dict) -> bool:
+    """Must a row with resolved params ``p`` see a whole scenario in one call? Yes when it picks one ε
+    for all images of a call (``eps="scenario"``), and for ML-DP's paper form, which drives every label
+    onto the 0.5 line where float32 rounding (different for different batch sizes) decides each
+    constraint: attacking the scenario in one call keeps its table independent of the runner's batch size."""
+    return (isinstance(p.get("eps"), str) and p["eps"] == "scenario") or p.get("form") == "paper"
+
+
+def plan_chunks(n_images: int, batch_size: int, scenario: bool) -> list[list[int]]:
+    """Positions ``0..n_images-1`` in chunks of ``batch_size``; a single chunk for a scenario row."""
+    if scenario:
+        return [list(range(n_images))] if n_images else []
+    return [list(range(i, min(i + batch_size, n_images))) for i in range(0, n_images, batch_size)]
+
+
+def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
+    """What a run key hashes: everything that changes a row's per-image results (``fields``: seed, n,
+    max_rmsd, label). How many images are attacked together is left out, the runner's ``batch_size`` and
+    the attack's own ``batch_size`` and ``trace`` parameters (no attack draws random numbers or mixes
+    images, so chunks do not change results), except for a scenario-ε row, attacked in one call:
+    ``"scenario"``."""
+    p = {k: v for k, v in p.items() if k not in NOT_IN_RUN_KEY}
+    key = {"attack": row, "function": row_attack(row), "params": p, "n_test": preset.n_test,
+           "image_size": preset.image_size, "metrics": METRICS_VERSION, **fields}
+    if is_scenario_row(p):
+        key["batch_size"] = "scenario"
+    return key
+
+
+def split_names(value, valid, what: str) -> list[str]:
+    """Names given as a list or a comma-separated string (``"ml_cw, rank2"``), each checked against ``valid``."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError(f"no {what} given: choose from {', '.join(valid)}")
+    for v in items:
+        check_choice(what, v, valid)
+    return items

@@ -1,0 +1,83 @@
+"""The explorer's ipywidgets layer: :func:`build_app` wires an image slider, one A / B / C toggle
+per label, the attack, its budget and a Run button to the handlers of ``mlnb.explorer`` (which
+hold every rule and are tested without a browser) and shows ``mlnb.explorer.render``'s figure.
+
+Introduced in notebooks/10_explorer.ipynb.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable, Mapping
+
+from .explorer import (BUDGET_LIMITS, EPS_ATTACKS, SETS, ExplorerState, describe, render, run_attack,
+                       select_image, set_attack, toggle_label)
+from .presets import ATTACK_NAMES
+
+
+def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = None):
+    """The ipywidgets app (a ``VBox``) wired to the handlers of ``mlnb.explorer``; ``app.controls``
+    holds the widgets (``image``, ``labels``, ``attack``, ``budget``, ``run``, ``status``,
+    ``output``) so a script or test can drive it (``app.controls["run"].click()``).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    image = W.IntSlider(value=state.index, min=0, max=state.x.shape[0] - 1, description="image")
+    labels = {j: W.ToggleButtons(options=list(SETS), value=role, description=name,
+                                 style={"button_width": "32px"})
+              for j, (name, role) in enumerate(zip(state.label_names, state.roles()))}
+    attack = W.Dropdown(options=list(ATTACK_NAMES), value=state.attack, description="attack")
+    budget = W.IntSlider(value=state.budget, min=1, max=BUDGET_LIMITS["iter"][1], description="budget")
+    run = W.Button(description="Run", button_style="danger")
+    status = W.HTML()
+    # the figure is shown as PNG bytes in an Image widget, not through an Output widget: capturing
+    # display() into an Output widget can leave a headless client (papermill / nbclient) waiting
+    output = W.Image(format="png")
+    busy = {"sync": False}
+
+    def sync(*_):
+        busy["sync"] = True
+        for j, role in enumerate(state.roles()):
+            labels[j].value = role
+        kind = "eps" if state.attack in EPS_ATTACKS else "iter"
+        budget.max = BUDGET_LIMITS[kind][1]
+        budget.value = state.budget
+        budget.description = "ε x 255" if kind == "eps" else "iterations"
+        status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
+        busy["sync"] = False
+        fig = render(state, state.result)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        output.value = buf.getvalue()
+
+    def on_label(j):
+        def handler(change):
+            if not busy["sync"]:
+                toggle_label(state, j, change["new"])
+                sync()
+        return handler
+
+    def on_run(_):
+        try:
+            run_attack(state, attacks)
+        except ValueError as err:
+            status.value = f"<b>cannot run:</b> {str(err).replace('<', '&lt;')}"
+            return
+        sync()
+
+    image.observe(lambda c: (select_image(state, c["new"]), sync()), names="value")
+    attack.observe(lambda c: (set_attack(state, c["new"]), sync()), names="value")
+    budget.observe(lambda c: None if busy["sync"] else (set_attack(state, state.attack, c["new"]), sync()),
+                   names="value")
+    for j, widget in labels.items():
+        widget.observe(on_label(j), names="value")
+    run.on_click(on_run)
+    app = W.VBox([W.HBox([image, attack, budget, run]), W.GridBox(list(labels.values()),
+                  layout=W.Layout(grid_template_columns="repeat(2, 1fr)")), status, output])
+    app.controls = {"image": image, "labels": labels, "attack": attack, "budget": budget, "run": run,
+                    "status": status, "output": output}
+    sync()
+    return app
