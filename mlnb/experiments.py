@@ -34,8 +34,9 @@ record keeps ``rmsd_raw`` (before projection) and ``projected``.
 ``logit >= 0``), computed the same way for every row; ``attack_success`` is the attack's own flag.
 Records keep ``scores_adv`` (probabilities, Fig. 1) and ``logits_adv``.
 
-On a GPU out-of-memory error a chunk is split in halves and retried (down to one image); a
-scenario-ε row is never split (its ε would change): pass its attack a smaller ``batch_size``.
+On a GPU out-of-memory error a chunk is attacked in smaller pieces (:func:`mlnb.utils.run_in_chunks`,
+the one policy the attacks use too); a scenario-ε row is never split (its ε would change): pass its
+attack a smaller ``batch_size``.
 
 Introduced in notebooks/06_general_attacks.ipynb.
 """
@@ -56,7 +57,7 @@ from .metrics import per_image_metrics
 from .presets import ATTACK_NAMES, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
 from .store import ResultStore, aggregate, aggregate_ci, records_frame, run_key
 from .target import Target
-from .utils import param_hash, resolve_device
+from .utils import param_hash, resolve_device, run_in_chunks
 from .validate import check_choice, check_positive
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -85,26 +86,30 @@ def _barrier(world: int) -> None:
 
 
 # ----------------------------------------------------------------------------- running one chunk
+RESULT_FIELDS = ("x_adv", "logits", "scores", "success", "n_satisfied", "iterations", "param", "kendall_tau")
+
+
 def _run_chunk(fn, model, x, target: Target, params, seed_parts, max_rmsd, *, split: bool = True):
-    """Attack one chunk; returns the per-image record fields. On out-of-memory the chunk is split in
-    halves when ``split`` (not for a scenario-ε row, whose ε depends on every image of the call)."""
-    try:
-        res = fn(model, x, target, generator=seeded_generator(*seed_parts), progress=False, **params)
-    except torch.OutOfMemoryError as err:
-        if not split:
+    """Attack one chunk; returns the per-image record fields. On out-of-memory the chunk is attacked in
+    smaller pieces (:func:`mlnb.utils.run_in_chunks`, the attacks' own policy) when ``split``; a scenario-ε
+    row (``split=False``) is attacked in one call, whose ε depends on every image of the call."""
+    def attack(sl: slice) -> dict:
+        whole = sl.start == 0 and sl.stop == x.shape[0]
+        gen = seeded_generator(*seed_parts) if whole else seeded_generator(*seed_parts, sl.start, sl.stop)
+        r = fn(model, x[sl], target[sl], generator=gen, progress=False, **params)
+        return {k: getattr(r, k).detach() for k in RESULT_FIELDS}
+
+    if split:
+        res = run_in_chunks(x.shape[0], None, x.device, attack)
+    else:
+        try:
+            res = attack(slice(0, x.shape[0]))
+        except torch.OutOfMemoryError as err:
             raise torch.OutOfMemoryError(
                 f"out of memory attacking a scenario-ε row ({x.shape[0]} images in one call, so that one ε "
                 f"serves the whole scenario): pass its attack a smaller batch_size, e.g. "
                 f"--param ROW.batch_size=8 ({err})") from err
-        if x.shape[0] <= 1:
-            raise
-        acc = getattr(torch, x.device.type, None)
-        if acc is not None and hasattr(acc, "empty_cache"):
-            acc.empty_cache()
-        h = x.shape[0] // 2
-        return (_run_chunk(fn, model, x[:h], target[:h], params, (*seed_parts, "a"), max_rmsd)
-                + _run_chunk(fn, model, x[h:], target[h:], params, (*seed_parts, "b"), max_rmsd))
-    x_adv, logits, scores = res.x_adv.detach(), res.logits.detach(), res.scores.detach()
+    x_adv, logits, scores = res["x_adv"], res["logits"], res["scores"]
     rmsd_raw = (x_adv - x).mul(255.0).flatten(1).pow(2).mean(1).sqrt()
     projected = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if max_rmsd is not None:
@@ -116,8 +121,8 @@ def _run_chunk(fn, model, x, target: Target, params, seed_parts, max_rmsd, *, sp
             logits[projected] = relogits.to(logits.dtype)
             scores[projected] = torch.sigmoid(relogits).to(scores.dtype)
     per = per_image_metrics(logits, x, x_adv, target.y, target.A, target.B)
-    cols = {**per, "success": target.met(logits), "attack_success": res.success, "n_satisfied": res.n_satisfied,
-            "iterations": res.iterations, "param": res.param, "attack_kendall_tau": res.kendall_tau,
+    cols = {**per, "success": target.met(logits), "attack_success": res["success"], "n_satisfied": res["n_satisfied"],
+            "iterations": res["iterations"], "param": res["param"], "attack_kendall_tau": res["kendall_tau"],
             "projected": projected, "rmsd_raw": rmsd_raw, "scores_adv": scores, "logits_adv": logits}
     cols = {k: torch.as_tensor(v).detach().cpu().tolist() for k, v in cols.items()}
     return [{k: v[i] for k, v in cols.items()} for i in range(x.shape[0])]

@@ -11,7 +11,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -165,3 +165,38 @@ def save_figure(fig, notebook: str, name: str, dpi: int = 120) -> Path:
 def save_table(df, notebook: str, name: str) -> Path:
     """Save a pandas DataFrame as ``results/<notebook>/<name>.csv`` (atomically)."""
     return atomic_write_text(results_dir(notebook) / f"{name}.csv", df.to_csv(index=True))
+
+
+def _free_memory(device: torch.device) -> None:
+    backend = getattr(torch, device.type, None)
+    empty = getattr(backend, "empty_cache", None)
+    if callable(empty):
+        empty()
+
+
+def run_in_chunks(n: int, batch_size: int | None, device: torch.device,
+                  fn: Callable[[slice], dict]) -> dict:
+    """Call ``fn(slice)`` on consecutive chunks of ``batch_size`` images (all at once if None) and
+    concatenate the returned dicts of ``(n_chunk, ...)`` tensors.
+
+    An out-of-memory error (``torch.OutOfMemoryError``) halves the chunk size and retries the
+    chunk; finished chunks are kept; at one image it is raised. The one out-of-memory policy of
+    ``mlnb``: the attacks chunk their batches with it and the experiment runner its chunks. Per-image
+    results do not depend on the chunking, because no attack mixes images.
+
+    Introduced in notebooks/06_general_attacks.ipynb (the runner's chunks); the attacks call it too.
+    """
+    size = n if batch_size is None else min(int(batch_size), n)
+    parts, start = [], 0
+    while start < n:
+        stop = min(start + size, n)
+        try:
+            parts.append(fn(slice(start, stop)))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            _free_memory(device)
+            continue
+        start = stop
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

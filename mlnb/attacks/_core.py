@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import validate as V
+from ..utils import run_in_chunks  # the one out-of-memory policy (attacks and runner)
 from ..target import Target
 from ..metrics import tau_b_kernel
 
@@ -118,38 +118,6 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
         probe = model(x[:1])
     V.check_logits(probe, 1, int(target.y.shape[1]))
     return Runtime(model, autocast_dtype, channels_last, batch_size), target
-
-
-def _free_memory(device: torch.device) -> None:
-    backend = getattr(torch, device.type, None)
-    empty = getattr(backend, "empty_cache", None)
-    if callable(empty):
-        empty()
-
-
-def run_in_chunks(n: int, batch_size: int | None, device: torch.device,
-                  fn: Callable[[slice], dict]) -> dict:
-    """Call ``fn(slice)`` on consecutive chunks of ``batch_size`` images (all at once if None) and
-    concatenate the returned dicts of ``(n_chunk, ...)`` tensors.
-
-    An out-of-memory error (``torch.cuda.OutOfMemoryError``) halves the chunk size and retries the
-    chunk; finished chunks are kept. Per-image results do not depend on the chunking, because no
-    attack mixes images.
-    """
-    size = n if batch_size is None else min(int(batch_size), n)
-    parts, start = [], 0
-    while start < n:
-        stop = min(start + size, n)
-        try:
-            parts.append(fn(slice(start, stop)))
-        except torch.cuda.OutOfMemoryError:
-            if size == 1:
-                raise
-            size = max(1, size // 2)
-            _free_memory(device)
-            continue
-        start = stop
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, target: Target, iterations: torch.Tensor,
