@@ -37,10 +37,16 @@ class Preset:
     max_rmsd: float | None = None  # the RMSD bound of Sec. IV-D (0-255 scale); None: unbounded
     attacks: dict = field(default_factory=dict)  # per-attack keyword arguments
 
-    def attack_params(self, attack: str) -> dict:
-        """The preset's keyword arguments for ``attack`` (a copy)."""
+    def attack_params(self, attack: str, *, caps: dict | None = None) -> dict:
+        """The preset's keyword arguments for ``attack`` (a copy). ``caps`` lowers budgets to at most the
+        values given, e.g. ``{"max_iter": 50, "n_search": 3}`` for a quicker run (a cap on a keyword the
+        preset leaves to the attack's default changes nothing)."""
         check_choice("attack", attack, ATTACK_NAMES)
-        return dict(self.attacks.get(attack, {}))
+        params = dict(self.attacks.get(attack, {}))
+        for key, cap in (caps or {}).items():
+            if key in params:
+                params[key] = min(params[key], cap)
+        return params
 
 
 ATTACK_NAMES = ("fgs", "fg", "ml_cw", "ml_dp", "rank1", "rank2")
