@@ -89,7 +89,6 @@ def as_target(y, A, B) -> Target:
     if A is None or B is None:
         raise TypeError("pass the target as attack(model, x, y, A, B) with A (labels to flip) and B (labels to "
                         "keep), or as attack(model, x, target) with a mlnb.target.Target")
-    V.check_label_matrix(y, "y")
     return Target(y, A, B)
 
 
