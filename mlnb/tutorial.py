@@ -52,6 +52,10 @@ class AttackSet:
         """One line: how many candidates were in X and eligible, how many images are attacked."""
         return f"{self.n_in_X} of {self.n_candidates} test images are in X and eligible; attacking {len(self.ids)}"
 
+    def _repr_html_(self) -> str:
+        """A notebook shows an attack set as its :meth:`summary` above its :func:`targets_table`."""
+        return f"<p>{self.summary()}</p>" + targets_table(self).to_html(index=False)
+
     def targets(self) -> list[str]:
         """Each image's target as text, ``"hide cat, show dog"`` (:func:`target_text`)."""
         return [target_text(self.names, yr, ar) for yr, ar in zip(self.y, self.A)]

@@ -339,7 +339,7 @@ LAYERS = {  # docs/ARCHITECTURE.md "## Layers": a module imports only from its o
     2: ("target", "labels", "case_study"),
     3: ("metrics",),
     4: ("animals", "voc", "data", "models", "presets", "training", "purify"),
-    5: ("attacks/", "defenses"),
+    5: ("attacks/", "defenses", "wrappers", "art_door"),
     6: ("store", "experiment_plan", "experiments", "experiments_cli", "tutorial", "paper/"),
     7: ("plots/",),
     8: ("explorer", "explorer_app", "running/"),

@@ -89,7 +89,8 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
 
     ``x`` ``(n, C, H, W)``; ``target`` their :class:`~mlnb.target.Target`; ``extra``: per-image tensors
     (first axis ``n``) the loss reads as ``state.extra``. ``hinge(logits, state)`` returns the hinge,
-    whether the run's goal is reached and the progress measure, each ``(n,)``. Returns ``x_adv``,
+    whether the run's goal is reached (``None``: every constraint that ``count`` counts holds) and the
+    progress measure, each ``(n,)``. Returns ``x_adv``,
     ``iterations``, ``param`` (λ of the returned example, NaN for the clean image), ``n_runs_ok``.
     ``early_abort=False`` runs every λ run to ``max_iter``; ``shrink=False`` keeps finished images in
     the batch until the whole batch is done (a fixed budget: same per-image results, more work);
@@ -135,7 +136,9 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     bc2 = (1 - b2 ** (ks + 1).double()).float()
     dec1 = torch.where(ks == 0, 0.0, torch.tensor(b1, dtype=torch.float32, device=dev))
     dec2 = torch.where(ks == 0, 0.0, torch.tensor(b2, dtype=torch.float32, device=dev))
+    adam_table = torch.stack([dec1, dec2, bc1, bc2], 1)  # (max_iter + 1, 4): one gather per step
     is_check = (ks + 1) % window == 0
+    half = torch.tensor(0.5, device=dev)
     abort_factor = 1 - ABORT_REL if early_abort else torch.inf  # loss > prev * inf never holds
     done_steps = 0
     for step in range(n_search * max_iter):
@@ -146,10 +149,10 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
         k0 = S.step
         with torch.no_grad():
             t = torch.tanh(S.w)
-            xa = (t + 1).div_(2)
+            xa = torch.add(half, t, alpha=0.5)  # (t + 1) / 2 in one pass, bit for bit (halving is exact)
         xa.requires_grad_(True)
         logits = rt.logits(xa)
-        h, goal, prog = hinge(logits, S)
+        h, goal, prog = hinge(logits, S)  # goal None: every constraint counted (count == n_constraints)
         (g,) = torch.autograd.grad((S.lam * h).sum(), xa)
         with torch.no_grad():
             xa, h, logits = xa.detach(), h.detach(), logits.detach()
@@ -160,6 +163,8 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
             # carried by Adam's state instead (m and v hold 2x and 4x their values, eps is doubled)
             g = torch.ops.aten.tanh_backward(g.add_(d, alpha=2), t)
             new = Iterate(xa, count(logits, S), _tau(logits, S.target.y_tau) if need_tau else S.run_best.tau, dist)
+            if goal is None:
+                goal = new.n_met == S.target.n_constraints
             if trace is not None:
                 trace.append(trace_row(S, live, loss, dist, h, new.n_met))
             # best iterate of the current λ run
@@ -169,22 +174,25 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
             S.run_ok |= live & goal
             # per-image Adam step, in place (rows that finished may keep moving: nothing of theirs is read)
             m, v = S.m, S.v
-            m.mul_(_col(dec1[k0], m)).add_(g, alpha=1 - b1)
-            v.mul_(_col(dec2[k0], v)).addcmul_(g, g, value=1 - b2)
-            den = (v / _col(bc2[k0], v)).sqrt_().add_(2 * ADAM_EPS)
-            S.w.addcdiv_(m / _col(bc1[k0], m), den, value=-lr)
+            a = adam_table[k0]
+            m.mul_(_col(a[:, 0], m)).add_(g, alpha=1 - b1)
+            v.mul_(_col(a[:, 1], v)).addcmul_(g, g, value=1 - b2)
+            den = (v / _col(a[:, 3], v)).sqrt_().add_(2 * ADAM_EPS)
+            S.w.addcdiv_(m / _col(a[:, 2], m), den, value=-lr)
             S.step = k0 + live
             S.iterations += live
             check = live & is_check[k0]
-            prog = prog.detach()
-            # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
-            # has stalled in both the loss and the logit-space progress (no success is given up)
-            settled = S.run_ok & (new.n_met == S.target.n_constraints)
-            abort = (check & settled & (loss > S.prev_loss * abort_factor)
-                     & (prog >= S.prev_progress * abort_factor))
-            S.prev_loss = torch.where(check, loss, S.prev_loss)
-            S.prev_progress = torch.where(check, prog, S.prev_progress)
-            end = live & ((S.step >= max_iter) | abort)
+            end = live & (S.step >= max_iter)
+            if early_abort and (not host or bool(check.any())):  # on CPU, steps without a check skip it
+                prog = prog.detach()
+                # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
+                # has stalled in both the loss and the logit-space progress (no success is given up)
+                settled = S.run_ok & (new.n_met == S.target.n_constraints)
+                abort = (check & settled & (loss > S.prev_loss * abort_factor)
+                         & (prog >= S.prev_progress * abort_factor))
+                S.prev_loss = torch.where(check, loss, S.prev_loss)
+                S.prev_progress = torch.where(check, prog, S.prev_progress)
+                end = end | (live & abort)
             ended = not host or bool(end.any())
             if ended:
                 _end_of_run(S, end, final_select, host)

@@ -59,14 +59,6 @@ def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, ka
     return (torch.clamp(k - margin, min=0) * ab).sum(1)
 
 
-def _masked_extreme(z: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
-    """Max (``largest``) or min of ``z`` over ``mask`` along the last axis; 0 where ``mask`` is empty."""
-    fill = -torch.inf if largest else torch.inf
-    zz = torch.where(mask, z, fill)
-    out = zz.amax(-1) if largest else zz.amin(-1)
-    return torch.where(mask.any(-1), out, 0.0)
-
-
 def _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold):
     """The (low, high) label-set pairs of the five terms, ``(N, 5, L)`` each; for a hard threshold the
     Ω◦ side of terms 1 and 2 is empty (the threshold stands in for it)."""
@@ -77,21 +69,75 @@ def _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold):
     return lo, hi
 
 
-def _extremes(logits, lo, hi, threshold):
-    """Per term: the largest logit of the low set and the smallest of the high set, ``(N, 5)`` float64,
-    and whether the term exists (both sides non-empty), ``(N, 5)`` bool. With a hard threshold ``t``
-    the missing side of terms 1 and 2 is the constant ``logit(t)``."""
-    z = logits.double().unsqueeze(1)
-    zmax = _masked_extreme(z, lo, largest=True)
-    zmin = _masked_extreme(z, hi, largest=False)
-    valid = lo.any(2) & hi.any(2)
+def rank_sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, *, threshold: float | None = None) -> dict:
+    """What the five ranking terms need of the label sets, computed once per target (they do not change
+    during an attack): ``lo``, ``hi`` ``(N, 5, L)`` bool, the sets compared by each term; ``lo_any``,
+    ``hi_any`` ``(N, 5)``, whether each side is non-empty; ``valid`` ``(N, 5)``, whether the term
+    exists (both sides non-empty; with a hard threshold ``t`` the missing side of terms 1 and 2 is the
+    constant ``logit(t)``). The driver keeps it per image (rows follow the active batch)."""
+    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
+    lo_any, hi_any = lo.any(2), hi.any(2)
+    valid = lo_any & hi_any
     if threshold is not None:  # term 1: Ω- against t; term 2: t against Ω+
+        k = torch.arange(N_RANK_TERMS, device=lo.device)
+        valid = torch.where(k == 1, lo_any, torch.where(k == 2, hi_any, valid))
+    return {"lo": lo, "hi": hi, "lo_any": lo_any, "hi_any": hi_any, "valid": valid}
+
+
+def _extremes(logits, sets, threshold):
+    """Per term: the largest logit of the low set and the smallest of the high set, ``(N, 5)`` float64
+    (0 where that side is empty); with a hard threshold ``t`` the missing side of terms 1 and 2 is the
+    constant ``logit(t)``."""
+    z = logits.double().unsqueeze(1)
+    zmax = torch.where(sets["lo_any"], torch.where(sets["lo"], z, -torch.inf).amax(-1), 0.0)
+    zmin = torch.where(sets["hi_any"], torch.where(sets["hi"], z, torch.inf).amin(-1), 0.0)
+    if threshold is not None:
         zt = P.logit(float(threshold))
-        k = torch.arange(5, device=logits.device)
+        k = torch.arange(N_RANK_TERMS, device=logits.device)
         zmin = torch.where(k == 1, zt, zmin)
         zmax = torch.where(k == 2, zt, zmax)
-        valid = torch.where(k == 1, lo.any(2), torch.where(k == 2, hi.any(2), valid))
-    return zmax, zmin, valid
+    return zmax, zmin
+
+
+def _terms(logits, sets, zmax, zmin, pairwise, threshold):
+    """The five terms from the sets (and, for the max/min form, the extremes already taken)."""
+    if not pairwise:
+        return torch.where(sets["valid"], torch.clamp(P.exp_gap(zmax, zmin), min=0), 0.0)
+    lo, hi = sets["lo"], sets["hi"]
+    z = logits.double()
+    zt = None if threshold is None else torch.full_like(z, P.logit(float(threshold)))
+    cols = []
+    for k in range(N_RANK_TERMS):
+        if zt is not None and k == 1:  # Ω- against the threshold
+            d, pairs = torch.clamp(P.exp_gap(z, zt), min=0), lo[:, k]
+        elif zt is not None and k == 2:  # the threshold against Ω+
+            d, pairs = torch.clamp(P.exp_gap(zt, z), min=0), hi[:, k]
+        else:
+            pair = lo[:, k, :, None] & hi[:, k, None, :]
+            d = torch.clamp(P.exp_gap(z[:, :, None], z[:, None, :]), min=0)
+            d, pairs = d.flatten(1), pair.flatten(1)
+        cols.append((d * pairs).sum(1) / pairs.sum(1).clamp(min=1))
+    return torch.stack(cols, 1)
+
+
+def _goal(sets, zmax, zmin, weights):
+    need = sets["valid"] & (weights.to(zmax.device) > 0)
+    return ((zmax < zmin) | ~need).all(1)
+
+
+def _progress(sets, zmax, zmin, weights):
+    d = torch.where(sets["valid"], torch.clamp(zmax - zmin, min=0), 0.0)
+    return d @ weights.to(d.device, d.dtype)
+
+
+def rank_step(logits: torch.Tensor, sets: dict, weights: torch.Tensor, *, pairwise: bool = False,
+              threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Rank I / Rank II on prepared sets (:func:`rank_sets`): ``(hinge, goal, progress)``,
+    each ``(N,)``, equal to ``rank_loss(rank_terms(...), weights)``, :func:`rank_goal` and
+    :func:`rank_progress`, with the extremes taken once for all three."""
+    zmax, zmin = _extremes(logits, sets, threshold)
+    h = rank_loss(_terms(logits, sets, zmax, zmin, pairwise, threshold), weights)
+    return h, _goal(sets, zmax, zmin, weights), _progress(sets, zmax, zmin, weights)
 
 
 def rank_terms(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,
@@ -119,24 +165,9 @@ def rank_terms(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torc
     A term whose label set is empty for an image is 0 for that image ("if Ω◦ = ∅ the last two terms
     are nonexistent"); the first term is kept even when Ω◦ ≠ ∅ (the paper says it *could* be dropped).
     """
-    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
-    if not pairwise:
-        zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
-        return torch.where(valid, torch.clamp(P.exp_gap(zmax, zmin), min=0), 0.0)
-    z = logits.double()
-    zt = None if threshold is None else torch.full_like(z, P.logit(float(threshold)))
-    cols = []
-    for k in range(5):
-        if zt is not None and k == 1:  # Ω- against the threshold
-            d, pairs = torch.clamp(P.exp_gap(z, zt), min=0), lo[:, k]
-        elif zt is not None and k == 2:  # the threshold against Ω+
-            d, pairs = torch.clamp(P.exp_gap(zt, z), min=0), hi[:, k]
-        else:
-            pair = lo[:, k, :, None] & hi[:, k, None, :]
-            d = torch.clamp(P.exp_gap(z[:, :, None], z[:, None, :]), min=0)
-            d, pairs = d.flatten(1), pair.flatten(1)
-        cols.append((d * pairs).sum(1) / pairs.sum(1).clamp(min=1))
-    return torch.stack(cols, 1)
+    sets = rank_sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold=threshold)
+    zmax, zmin = (None, None) if pairwise else _extremes(logits, sets, threshold)
+    return _terms(logits, sets, zmax, zmin, pairwise, threshold)
 
 
 def rank_goal(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,
@@ -145,20 +176,16 @@ def rank_goal(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch
     """``(N,)`` bool: every ranking constraint encoded by the terms with a non-zero weight holds
     *strictly* (``max_{low} z < min_{high} z``, on logits: the same order as ``e^F``, exactly). A tie
     is not a success: the hinge of a tie is 0, but the label has not gone below the one it must."""
-    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
-    zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
-    need = valid & (weights.to(logits.device) > 0)
-    return ((zmax < zmin) | ~need).all(1)
+    sets = rank_sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold=threshold)
+    return _goal(sets, *_extremes(logits, sets, threshold), weights)
 
 
 def rank_progress(logits: torch.Tensor, omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1,
                   weights: torch.Tensor, *, threshold: float | None = None) -> torch.Tensor:
     """The ranking hinge written on logits, ``sum_k w_k max(0, max_{low_k} z - min_{high_k} z)``, ``(N,)``
     float64: what the driver's early abort watches beside the loss (it does not saturate)."""
-    lo, hi = _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold)
-    zmax, zmin, valid = _extremes(logits, lo, hi, threshold)
-    d = torch.where(valid, torch.clamp(zmax - zmin, min=0), 0.0)
-    return d @ weights.to(d.device, d.dtype)
+    sets = rank_sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold=threshold)
+    return _progress(sets, *_extremes(logits, sets, threshold), weights)
 
 
 def rank_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

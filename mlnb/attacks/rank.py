@@ -10,7 +10,7 @@ from .. import validate as V
 from ..target import OMEGA_ZERO_CHOICES, Target
 from ._core import AttackResult, setup
 from ._driver import run_search
-from .losses import N_RANK_TERMS, rank_goal, rank_loss, rank_progress, rank_terms
+from .losses import N_RANK_TERMS, rank_sets, rank_step
 
 RANK_SELECT_CHOICES = ("tau", "constraints")
 RANKING_SETS = ("omega_minus", "omega_plus", "omega_zero", "A1", "Bm1", "B1", "Am1")  # the losses' argument order
@@ -39,15 +39,13 @@ def _rank_attack(name, n_terms, model, x, y, A, B, progress, *, lambda_init, n_s
     w[:n_terms] = torch.tensor([float(v) for v in weights])
 
     def hinge(logits, S):
-        sets = tuple(S.extra[name] for name in RANKING_SETS)
-        h = rank_loss(rank_terms(logits, *sets, pairwise=pairwise, threshold=threshold), w)
-        return (h, rank_goal(logits, *sets, w, threshold=threshold),
-                rank_progress(logits, *sets, w, threshold=threshold))
+        return rank_step(logits, S.extra, w, pairwise=pairwise, threshold=threshold)
 
     final = "tau" if select == "tau" else "constraints_tau"
     return run_search(name, rt, x, goal, hinge, progress, "tau", final, lambda_init=lambda_init, n_search=n_search,
                       max_iter=max_iter, lr=lr, tanh_eps=tanh_eps, check_every=check_every, batch_size=batch_size,
-                      early_abort=early_abort, trace=trace, extra=ranking_sets(goal, omega_zero))
+                      early_abort=early_abort, trace=trace,
+                      extra=rank_sets(**ranking_sets(goal, omega_zero), threshold=threshold))
 
 
 _RANK_DOC = """
