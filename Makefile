@@ -10,14 +10,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 STAMP := $(VENV)/.mlnb-installed
+# make explore: notebook 10 as a standalone page (Voila), loopback only unless EXPLORE_IP says otherwise
+EXPLORE_IP ?= 127.0.0.1
+EXPLORE_PORT ?= 8866
+EXPLORE_DIR ?= build/explore
+EXPLORE_RESULTS ?= $(CURDIR)/build/explore-results
+# the browser tier (tests/test_browser.py) needs a Chromium from the system's packages (.ci/run installs it)
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser || true)
 # the test suite keeps its data cache and results out of the user's data/ and results/
 TEST_ENV := MLNB_DATA=$(CURDIR)/build/test-data MLNB_RESULTS=$(CURDIR)/build/test-results
 
-.PHONY: help setup run test test-unit test-notebooks nbval bench bench-smoke sweep mutate mutate-sample strip clean
+.PHONY: help setup run test test-unit test-notebooks test-browser explore nbval bench bench-smoke sweep mutate mutate-sample strip clean
 
 help:
 	@echo "make run      - set up .venv and execute every notebook (PRESET=$(PRESET)); results in results/"
 	@echo "make test     - set up .venv and run the whole test suite"
+	@echo "make explore  - serve the explorer (notebook 10) as a web page with Voila on $(EXPLORE_IP):$(EXPLORE_PORT)"
 	@echo "make bench    - benchmark suite -> benchmarks/results/"
 	@echo "make sweep    - papermill parameter sweep example (see README)"
 	@echo "make mutate   - mutation testing of the kernels (mutmut) -> docs/MUTATION.md (hours on 2 cores; cached)"
@@ -41,6 +49,8 @@ run: $(STAMP)
 test: $(STAMP)
 	rm -rf build/test-results build/nbval build/nbval-results
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
+	@if [ -n "$(CHROMIUM)" ]; then $(MAKE) --no-print-directory test-browser; \
+	else echo "SKIPPED the browser tier (tests/test_browser.py): no chromium on PATH; as root: apt-get install -y chromium chromium-driver"; fi
 	@# nbval: every notebook again on a second seed (other images and targets, so the notebooks' asserts are checked
 	@# on a second draw) into a fresh results folder (06 / 07 recompute instead of reading the notebook tier's store)
 	$(TEST_ENV) $(BIN)/python -m mlnb.running.pipeline prepare --preset smoke --seed 1 --out build/nbval
@@ -51,6 +61,15 @@ test-unit: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m notebooks tests
+
+# headless Chromium: the offline report of a smoke run, the explorer in JupyterLab and in Voila; screenshots in build/browser/
+test-browser: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m browser tests/test_browser.py
+
+# Voila runs the notebook (on PRESET) and shows its outputs and widgets, no code; results go to $(EXPLORE_RESULTS)
+explore: $(STAMP)
+	MLNB_RESULTS=$(EXPLORE_RESULTS) $(BIN)/python -m mlnb.running.pipeline explore --preset $(PRESET) \
+		--ip $(EXPLORE_IP) --port $(EXPLORE_PORT) --dir $(EXPLORE_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -3,9 +3,10 @@ pick an attack and its budget, run, and look at the scores, the adversarial imag
 
 The handlers are plain functions of an :class:`ExplorerState` (testable without a browser):
 :func:`make_state`, :func:`select_image`, :func:`toggle_label`, :func:`set_attack`,
-:func:`default_selection`, :func:`run_attack`, :func:`render`. ``mlnb.explorer_app.build_app`` is
-the thin ipywidgets layer that calls them. Label sets follow Sec. II of the paper: ``A`` (flip),
-``B`` (keep), ``C`` (the rest, unconstrained); ``A`` and ``B`` stay disjoint.
+:func:`default_selection`, :func:`run_attack`, :func:`render`, :func:`render_png`.
+``mlnb.explorer_app.build_app`` is the thin ipywidgets layer that calls them. Label sets follow
+Sec. II of the paper: ``A`` (flip), ``B`` (keep), ``C`` (the rest, unconstrained); ``A`` and ``B``
+stay disjoint.
 
 Introduced in notebooks/10_explorer.ipynb.
 """
@@ -244,8 +245,9 @@ def describe(state: ExplorerState, result: ExplorerResult | None = None) -> str:
     return text
 
 
-def render(state: ExplorerState, result: ExplorerResult | None = None):
-    """The explorer's figure (``mlnb.plots.explorer_view``) for the current image and ``result``.
+def render(state: ExplorerState, result: ExplorerResult | None = None, fig=None):
+    """The explorer's figure (``mlnb.plots.explorer_view``) for the current image and ``result``;
+    ``fig``: a ``matplotlib.figure.Figure`` to draw into (default: a new pyplot figure).
 
     Introduced in notebooks/10_explorer.ipynb.
     """
@@ -254,4 +256,29 @@ def render(state: ExplorerState, result: ExplorerResult | None = None):
     i = state.index
     return explorer_view(state.x[i], None if result is None else result.x_adv, state.label_names,
                          state.scores[i], None if result is None else result.after, state.roles(),
-                         title=describe(state, result))
+                         title=describe(state, result), fig=fig)
+
+
+def render_png(state: ExplorerState, result: ExplorerResult | None = None,
+               dpi: int = 90) -> tuple[bytes, tuple[int, int]]:
+    """:func:`render` as PNG bytes and their ``(width, height)`` in pixels, for the app.
+
+    The figure is always the same size, before a run and after (no tight bounding box, which
+    would crop the empty panels of the first figure to another size). It is a plain
+    ``matplotlib.figure.Figure``, never registered with pyplot: JupyterLab handles widget events
+    in threads of their own (kernel subshells), and after each event the inline backend displays
+    every open pyplot figure, so a pyplot figure half-drawn by one event's handler was shown, in
+    JupyterLab's log, after another's.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    import io
+
+    from matplotlib.figure import Figure
+
+    check_positive("dpi", dpi, integer=True)
+    fig = render(state, result, fig=Figure())
+    w, h = (int(round(v * dpi)) for v in fig.get_size_inches())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue(), (w, h)

@@ -6,10 +6,11 @@ Introduced in notebooks/10_explorer.ipynb.
 """
 from __future__ import annotations
 
-import io
+import base64
+import threading
 from typing import Callable, Mapping
 
-from .explorer import (BUDGET_LIMITS, EPS_ATTACKS, SETS, ExplorerState, describe, render, run_attack,
+from .explorer import (BUDGET_LIMITS, EPS_ATTACKS, SETS, ExplorerState, describe, render_png, run_attack,
                        select_image, set_attack, toggle_label)
 from .presets import ATTACK_NAMES
 
@@ -19,10 +20,24 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
     holds the widgets (``image``, ``labels``, ``attack``, ``budget``, ``run``, ``status``,
     ``output``) so a script or test can drive it (``app.controls["run"].click()``).
 
+    The figure is drawn at one fixed size (:func:`mlnb.explorer.render_png`, never a pyplot figure,
+    so the inline backend cannot display it outside the app) and shown at that size (the image
+    widget has that width, at most the page's, and its height follows, so the box does not stretch
+    it). Handlers run one at a time, also when JupyterLab delivers events in several threads.
+    Displayed, the app also carries a PNG of its figure (``image/png`` beside the widget view):
+    JupyterLab and Voilà show the live widget, a static rendering (nbconvert, ``results/html``)
+    the picture.
+
     Introduced in notebooks/10_explorer.ipynb.
     """
     import ipywidgets as W
-    import matplotlib.pyplot as plt
+
+    class ExplorerApp(W.VBox):
+        def _repr_mimebundle_(self, **kwargs):
+            data = super()._repr_mimebundle_(**kwargs)
+            if self.controls["output"].value:
+                data["image/png"] = base64.b64encode(self.controls["output"].value).decode("ascii")
+            return data
 
     image = W.IntSlider(value=state.index, min=0, max=state.x.shape[0] - 1, description="image")
     labels = {j: W.ToggleButtons(options=list(SETS), value=role, description=name,
@@ -34,8 +49,17 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
     status = W.HTML()
     # the figure is shown as PNG bytes in an Image widget, not through an Output widget: capturing
     # display() into an Output widget can leave a headless client (papermill / nbclient) waiting
-    output = W.Image(format="png")
+    output = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
     busy = {"sync": False}
+    # JupyterLab may deliver the events of different widgets in threads of their own (kernel subshells):
+    # one handler at a time, so the state and the busy flag are never changed by two at once
+    lock = threading.RLock()
+
+    def serial(handler):
+        def run(*args):
+            with lock:
+                return handler(*args)
+        return run
 
     def sync(*_):
         busy["sync"] = True
@@ -47,11 +71,9 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
         budget.description = "ε x 255" if kind == "eps" else "iterations"
         status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
         busy["sync"] = False
-        fig = render(state, state.result)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        output.value = buf.getvalue()
+        png, (width, _) = render_png(state, state.result)
+        output.layout.width = f"{width}px"  # its drawn width (no stretching by the box); height follows
+        output.value = png
 
     def on_label(j):
         def handler(change):
@@ -68,16 +90,16 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
             return
         sync()
 
-    image.observe(lambda c: (select_image(state, c["new"]), sync()), names="value")
-    attack.observe(lambda c: (set_attack(state, c["new"]), sync()), names="value")
-    budget.observe(lambda c: None if busy["sync"] else (set_attack(state, state.attack, c["new"]), sync()),
+    image.observe(serial(lambda c: (select_image(state, c["new"]), sync())), names="value")
+    attack.observe(serial(lambda c: (set_attack(state, c["new"]), sync())), names="value")
+    budget.observe(serial(lambda c: None if busy["sync"] else (set_attack(state, state.attack, c["new"]), sync())),
                    names="value")
     for j, widget in labels.items():
-        widget.observe(on_label(j), names="value")
-    run.on_click(on_run)
-    app = W.VBox([W.HBox([image, attack, budget, run]), W.GridBox(list(labels.values()),
+        widget.observe(serial(on_label(j)), names="value")
+    run.on_click(serial(on_run))
+    app = ExplorerApp([W.HBox([image, attack, budget, run]), W.GridBox(list(labels.values()),
                   layout=W.Layout(grid_template_columns="repeat(2, 1fr)")), status, output])
     app.controls = {"image": image, "labels": labels, "attack": attack, "budget": budget, "run": run,
                     "status": status, "output": output}
-    sync()
+    serial(sync)()
     return app

@@ -145,3 +145,108 @@ def test_render_and_app_headless(state):
     c["run"].click()  # A empty: reported in the status line, not raised
     assert "cannot run" in c["status"].value
     plt.close("all")
+
+
+def _png_size(png):
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_figure_has_one_size_before_and_after_run(state):
+    """The first figure (no result: two panels of four) is not cropped to another size than the
+    figure after a Run, and the app's image widget shows it at exactly that size (issue 16)."""
+    matplotlib.use("Agg")
+    E.default_selection(state)
+    before, size = E.render_png(state)
+    E.run_attack(state)
+    after, size_after = E.render_png(state, state.result)
+    assert _png_size(before) == _png_size(after) == size == size_after
+    app = build_app(state)
+    out = app.controls["output"]
+    assert (out.layout.width, out.layout.height) == (f"{size[0]}px", "auto")
+    assert _png_size(out.value) == size
+
+
+def test_app_draws_no_pyplot_figure(state, monkeypatch):
+    """After every widget event the inline backend displays each open pyplot figure; JupyterLab
+    handles events in threads of their own, so a pyplot figure one handler is drawing was shown,
+    half-drawn, outside the app after another's (issue 16). The app's figures are never pyplot's."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    seen = []
+    original = E.render
+
+    def spy(*args, **kwargs):
+        fig = original(*args, **kwargs)
+        seen.append(plt.get_fignums())  # what another thread's flush would display right now
+        return fig
+
+    monkeypatch.setattr(E, "render", spy)
+    app = build_app(state)
+    c = app.controls
+    for j, role in [(0, "A"), (1, "B"), (0, "B"), (2, "A"), (3, "C")]:
+        c["labels"][j].value = role
+    c["run"].click()
+    c["attack"].value = "fgs"
+    c["budget"].value = 4
+    c["image"].value = 2
+    assert len(seen) >= 9 and all(nums == [] for nums in seen) and plt.get_fignums() == []
+
+
+def test_displayed_app_carries_a_picture_of_itself(state):
+    """JupyterLab and Voilà render the widget view; a static export (results/html) the PNG."""
+    import base64
+
+    import nbformat
+
+    from mlnb.running.pipeline import WIDGET_VIEW, static_widgets
+
+    matplotlib.use("Agg")
+    app = build_app(state)
+    bundle = app._repr_mimebundle_()
+    assert WIDGET_VIEW in bundle and base64.b64decode(bundle["image/png"]) == app.controls["output"].value
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("app")]
+    nb.cells[0].outputs = [{"output_type": "display_data", "metadata": {}, "data": dict(bundle)},
+                           {"output_type": "display_data", "metadata": {},
+                            "data": {WIDGET_VIEW: bundle[WIDGET_VIEW], "text/plain": "Button()"}}]
+    nb.metadata["widgets"] = {"state": {}}
+    assert static_widgets(nb) == 2 and "widgets" not in nb.metadata
+    first, second = (o["data"] for o in nb.cells[0].outputs)
+    assert WIDGET_VIEW not in first and first["image/png"] == bundle["image/png"]
+    assert WIDGET_VIEW not in second and "make explore" in second["text/html"]
+
+
+def test_rendered_notebook_needs_no_network(tmp_path):
+    """results/html pages load nothing from a CDN: MathJax comes from a copy next to them, referenced
+    relatively; a widget shows its picture; every file follows the umask (issue 16)."""
+    import os
+    import re
+
+    import nbformat
+
+    from mlnb.running.pipeline import WIDGET_VIEW, render_html
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 10 · t\n\nthe budget $\\varepsilon \\times 255$"),
+                nbformat.v4.new_code_cell("app")]
+    nb.cells[1].outputs = [nbformat.v4.new_output("display_data", data={
+        WIDGET_VIEW: {"version_major": 2, "version_minor": 0, "model_id": "x"}, "text/plain": "VBox()",
+        "image/png": "iVBORw0KGgo="})]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    (tmp_path / "executed").mkdir()
+    nbformat.write(nb, tmp_path / "executed" / "10_t.ipynb")
+    old = os.umask(0o027)
+    try:
+        (page,) = render_html(tmp_path / "executed", tmp_path / "html")
+    finally:
+        os.umask(old)
+    text = page.read_text()
+    sources = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="([^"]+)"', text)
+    assert sources and not [s for s in sources if re.match(r"(https?:)?//", s)], sources
+    assert "../assets/mathjax/MathJax.js?config=" in text and (tmp_path / "assets" / "mathjax" / "MathJax.js").is_file()
+    assert "data:image/png;base64,iVBORw0KGgo=" in text and "widget-view+json" not in text
+    for path in [page, tmp_path / "assets" / "mathjax" / "MathJax.js", tmp_path / "assets" / "mathjax" / "jax"]:
+        assert path.stat().st_mode & 0o777 == (0o750 if path.is_dir() else 0o640), path

@@ -152,16 +152,23 @@ def case_study(x: torch.Tensor, x_advs: Mapping[str, torch.Tensor], before: torc
 
 
 def explorer_view(x: torch.Tensor, x_adv: torch.Tensor | None, label_names: Sequence[str],
-                  before: torch.Tensor, after: torch.Tensor | None, roles: Sequence[str], title: str = ""):
+                  before: torch.Tensor, after: torch.Tensor | None, roles: Sequence[str], title: str = "",
+                  fig=None):
     """The explorer's panel: every label's probability before / after (tick labels coloured by set:
     A red, B blue, C grey), the image, the adversarial image and the magnified perturbation.
-    ``x``, ``x_adv``: ``(C, H, W)``; ``before``, ``after``: ``(L,)``.
+    ``x``, ``x_adv``: ``(C, H, W)``; ``before``, ``after``: ``(L,)``. ``fig``: a
+    ``matplotlib.figure.Figure`` to draw into (set to 12 x 3.2 inches), e.g. one not registered
+    with pyplot for a widget callback (which JupyterLab may run in a thread of its own); default a
+    new pyplot figure.
 
     Drawn by :func:`mlnb.explorer.render`, which notebooks/10_explorer.ipynb calls.
     """
-    import matplotlib.pyplot as plt
+    if fig is None:
+        import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(12, 3.2))
+        fig = plt.figure(figsize=(12, 3.2))
+    else:
+        fig.set_size_inches(12, 3.2)
     grid = fig.add_gridspec(1, 4, width_ratios=[2.6, 1, 1, 1])
     series = {"before": before} if after is None else {"before": before, "after": after}
     label_bars(fig.add_subplot(grid[0, 0]), label_names, series, roles)

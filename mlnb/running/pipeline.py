@@ -3,6 +3,7 @@
     python -m mlnb.running.pipeline run --preset default          # what `make run` calls
     python -m mlnb.running.pipeline run --only 03,05 --preset smoke
     python -m mlnb.running.pipeline prepare --preset smoke --out build/nbval   # parameterised copies for nbval
+    python -m mlnb.running.pipeline explore --preset default --port 8866       # what `make explore` calls
 
 Each notebook runs in its own kernel with the working directory set to ``notebooks/``; its
 executed copy goes to ``results/executed/`` and its HTML to ``results/html/``. The time each
@@ -90,16 +91,104 @@ def run_notebooks(preset: str = "default", *, seed: int = 0, device: str = "auto
     return log
 
 
-def render_html(executed: Path, html_dir: Path) -> list[Path]:
-    """Render every executed notebook in ``executed`` to ``html_dir`` with nbconvert (offline)."""
-    import nbformat
+#: The MathJax 2 configuration shipped by ``jupyter-server-mathjax`` (HTML-CSS output, local web fonts).
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+#: Where the report's own assets go, relative to the results folder.
+ASSETS = Path("assets")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# nbconvert's lab template without what it fetches from a CDN: require.js, the widget manager, mermaid
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+_NO_PICTURE = ('<p><em>An interactive widget stood here. Open the notebook in JupyterLab, or run '
+               '<code>make explore</code> for the explorer, to use it.</em></p>')
+
+
+def copy_mathjax(dest: Path) -> Path:
+    """Copy the MathJax 2 tree of the ``jupyter-server-mathjax`` package to ``dest`` (once per
+    version; every file and folder created under the user's umask) and return ``dest``.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    import shutil
+
+    import jupyter_server_mathjax
+
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    stamp = dest / ".mlnb-version"
+    version = getattr(jupyter_server_mathjax, "__version__", "unknown")
+    if stamp.is_file() and stamp.read_text() == version and (dest / "MathJax.js").is_file():
+        return dest
+    for path in sorted(src.rglob("*")):
+        target = dest / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)  # a new file gets 0666 & ~umask, not the package's mode
+    atomic_write_text(stamp, version)
+    return dest
+
+
+def static_widgets(nb) -> int:
+    """Make ``nb`` (an ``nbformat`` node, changed in place) readable without a widget manager: a
+    widget view that carries a picture of itself (``image/png``, as the explorer app does) shows the
+    picture, any other gets a one-line note; the saved widget state is dropped. Returns the number
+    of widget views replaced.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW not in data:
+                continue
+            del data[WIDGET_VIEW]
+            if not any(k.startswith("image/") for k in data):
+                data["text/html"] = _NO_PICTURE
+            n += 1
+    nb.metadata.pop("widgets", None)
+    return n
+
+
+def offline_exporter(mathjax_url: str):
+    """nbconvert's ``HTMLExporter`` (lab template) that loads MathJax from ``mathjax_url`` and
+    nothing from a CDN (no require.js, widget manager or mermaid).
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    return HTMLExporter(template_name="lab", template_file="mlnb_offline.html.j2", mathjax_url=mathjax_url,
+                        extra_loaders=[DictLoader({"mlnb_offline.html.j2": _OFFLINE_TEMPLATE})])
+
+
+def render_html(executed: Path, html_dir: Path, assets: Path | None = None) -> list[Path]:
+    """Render every executed notebook in ``executed`` to ``html_dir`` with nbconvert, offline: MathJax
+    is copied to ``assets`` (default ``<html_dir>/../assets``) and referenced relatively, nothing is
+    loaded from a CDN and widgets show a static picture (:func:`static_widgets`), so the results
+    folder can be copied or served as is.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    import os
+
+    import nbformat
+
     html_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter()
+    assets = assets if assets is not None else html_dir.parent / ASSETS
+    mathjax = copy_mathjax(assets / "mathjax")
+    rel = Path(os.path.relpath(mathjax / "MathJax.js", html_dir)).as_posix()
+    exporter = offline_exporter(f"{rel}?config={MATHJAX_CONFIG}")
     written = []
     for nb_path in sorted(executed.glob("*.ipynb")):
-        body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+        nb = nbformat.read(nb_path, as_version=4)
+        static_widgets(nb)
+        body, _ = exporter.from_notebook_node(nb)
         target = html_dir / f"{nb_path.stem}.html"
         atomic_write_text(target, body)
         written.append(target)
@@ -121,6 +210,41 @@ def prepare_notebooks(out: Path, preset: str = "smoke", *, seed: int = 0, only: 
     return written
 
 
+def voila_command(notebook: Path, *, ip: str = "127.0.0.1", port: int = 8866) -> list[str]:
+    """The Voilà command line that serves ``notebook`` as a standalone page on ``ip:port``: outputs
+    and widgets only (no code), MathJax from a local copy next to the notebook (served by Voilà's
+    ``/voila/files/``, which serves nothing else). Voilà 0.5's page still links Font Awesome's CSS
+    from a CDN (icons, which the explorer does not use): offline that request fails and nothing
+    changes on the page.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    copy_mathjax(notebook.parent / "mathjax")
+    return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--Voila.ip={ip}", f"--port={port}",
+            "--Voila.port_retries=0", "--strip_sources=True",
+            "--Voila.mathjax_url=voila/files/mathjax/MathJax.js", f"--Voila.mathjax_config={MATHJAX_CONFIG}",
+            "--VoilaConfiguration.file_allowlist=['mathjax/.*']"]
+
+
+def explore(preset: str = "default", *, seed: int = 0, ip: str = "127.0.0.1", port: int = 8866,
+            folder: Path | None = None) -> int:
+    """Serve notebooks/10_explorer.ipynb (parameterised with ``preset`` and ``seed`` into ``folder``,
+    default ``build/explore``) with Voilà on ``ip:port`` until interrupted; prints the address.
+
+    Introduced in notebooks/10_explorer.ipynb.
+    """
+    import subprocess
+
+    folder = folder or project_root() / "build" / "explore"
+    notebook = prepare_notebooks(folder, preset, seed=seed, only=["10"])[0]
+    cmd = voila_command(notebook, ip=ip, port=port)
+    print(f"explorer (notebook 10, preset {preset}) at http://{ip}:{port}/  -- Ctrl-C stops it", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlnb.running.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,7 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--out", type=Path, required=True)
     prep.add_argument("--only", default="")
+    exp = sub.add_parser("explore", help="serve notebook 10 (the explorer) as a web page with Voila")
+    exp.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    exp.add_argument("--port", type=int, default=8866)
+    exp.add_argument("--dir", type=Path, default=None, help="where the parameterised notebook goes (build/explore)")
     args = parser.parse_args(argv)
+    if args.command == "explore":
+        return explore(args.preset, seed=args.seed, ip=args.ip, port=args.port, folder=args.dir)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     if args.command == "prepare":
         for p in prepare_notebooks(args.out, args.preset, seed=args.seed, only=only):

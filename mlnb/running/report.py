@@ -19,7 +19,7 @@ from urllib.parse import quote
 from ..utils import atomic_write_text, project_root, results_root as _results_root
 
 KINDS = {".png": "figure", ".svg": "figure", ".csv": "table", ".json": "metrics"}
-SKIP_DIRS = {"executed", "html"}
+SKIP_DIRS = {"executed", "html", "assets"}
 NOTEBOOK_DIR = re.compile(r"^\d\d_[\w.-]+$")
 
 #: One line per well-known file; keys are ``"<notebook>/<file>"`` or a bare file name.
