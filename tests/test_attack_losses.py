@@ -128,3 +128,30 @@ def test_kendall_criterion_order_perfect():
     yt = kendall_criterion(y, A, B)  # A1 -2, A-1 2, B1 1, B-1 -1, C 0
     assert yt.tolist() == [[-2, 2, 1, -1, 0]]
     assert kendall_tau_b(yt.float(), yt).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+@pytest.mark.parametrize("threshold", [None, 0.35])
+@pytest.mark.parametrize("omega_zero", ["C", "C1", "empty"])
+def test_rank_step_equals_the_three_public_functions(pairwise, threshold, omega_zero):
+    """The driver's one-pass step (sets prepared once, extremes taken once) gives, to the bit, what
+    rank_terms / rank_goal / rank_progress give, hinge and gradient included."""
+    from mlnb.attacks.losses import rank_goal, rank_progress, rank_sets, rank_step
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.rand(6, 7, generator=g) < 0.5
+    A = torch.zeros(6, 7, dtype=torch.bool)
+    A[torch.arange(6), torch.randint(0, 7, (6,), generator=g)] = True
+    B = ~A & (torch.rand(6, 7, generator=g) < 0.6)
+    B[0] = False  # an image with an empty B: terms 3 and 4 vanish
+    sets = tuple(ranking_sets(Target(y, A, B), omega_zero)[k] for k in RANKING_SETS)
+    z = (torch.randn(6, 7, generator=g) * 8).requires_grad_(True)
+    for w in (RANK1, RANK2):
+        want_h = rank_loss(rank_terms(z, *sets, pairwise=pairwise, threshold=threshold), w)
+        (want_g,) = torch.autograd.grad(want_h.sum(), z)
+        h, goal, progress = rank_step(z, rank_sets(*sets, threshold=threshold), w, pairwise=pairwise,
+                                      threshold=threshold)
+        (got_g,) = torch.autograd.grad(h.sum(), z)
+        assert torch.equal(h, want_h) and torch.equal(got_g, want_g)
+        assert torch.equal(goal, rank_goal(z, *sets, w, threshold=threshold))
+        assert torch.equal(progress(), rank_progress(z, *sets, w, threshold=threshold))

@@ -90,7 +90,8 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     ``x`` ``(n, C, H, W)``; ``target`` their :class:`~mlnb.target.Target`; ``extra``: per-image tensors
     (first axis ``n``) the loss reads as ``state.extra``. ``hinge(logits, state)`` returns the hinge,
     whether the run's goal is reached (``None``: every constraint that ``count`` counts holds) and the
-    progress measure, each ``(n,)``. Returns ``x_adv``,
+    progress measure (or a function of no arguments that computes it: it is read only at early-abort
+    checks), each ``(n,)``. Returns ``x_adv``,
     ``iterations``, ``param`` (λ of the returned example, NaN for the clean image), ``n_runs_ok``.
     ``early_abort=False`` runs every λ run to ``max_iter``; ``shrink=False`` keeps finished images in
     the batch until the whole batch is done (a fixed budget: same per-image results, more work);
@@ -184,7 +185,7 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
             check = live & is_check[k0]
             end = live & (S.step >= max_iter)
             if early_abort and (not host or bool(check.any())):  # on CPU, steps without a check skip it
-                prog = prog.detach()
+                prog = (prog() if callable(prog) else prog).detach()
                 # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
                 # has stalled in both the loss and the logit-space progress (no success is given up)
                 settled = S.run_ok & (new.n_met == S.target.n_constraints)

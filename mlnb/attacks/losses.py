@@ -134,10 +134,11 @@ def rank_step(logits: torch.Tensor, sets: dict, weights: torch.Tensor, *, pairwi
               threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Rank I / Rank II on prepared sets (:func:`rank_sets`): ``(hinge, goal, progress)``,
     each ``(N,)``, equal to ``rank_loss(rank_terms(...), weights)``, :func:`rank_goal` and
-    :func:`rank_progress`, with the extremes taken once for all three."""
+    :func:`rank_progress`, with the extremes taken once for all three; ``progress`` comes as a function of no
+    arguments (the driver reads it only at its early-abort checks)."""
     zmax, zmin = _extremes(logits, sets, threshold)
     h = rank_loss(_terms(logits, sets, zmax, zmin, pairwise, threshold), weights)
-    return h, _goal(sets, zmax, zmin, weights), _progress(sets, zmax, zmin, weights)
+    return h, _goal(sets, zmax, zmin, weights), lambda: _progress(sets, zmax, zmin, weights)
 
 
 def rank_terms(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,

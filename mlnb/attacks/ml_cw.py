@@ -71,10 +71,9 @@ def ml_cw(model, x, y, A=None, B=None, *, generator=None, progress=True, lambda_
     def hinge(logits, S):
         t = S.target
         h = cw_hinge(logits, t.y_star, t.constrained, kappa, space=hinge_space)
-        prog = cw_progress(logits, t.y_star, t.constrained, kappa if hinge_space == "probability" else 0.0)
         if hinge_space == "logit":
-            prog = h
-        return h, None, prog  # the run's goal: every constraint counted by `count` (the driver counts once)
+            return h, None, h  # the run's goal: every constraint counted by `count` (the driver counts once)
+        return h, None, lambda: cw_progress(logits, t.y_star, t.constrained, kappa)  # read at early-abort checks only
 
     return run_search("ml_cw", rt, x, goal, hinge, progress, "constraints", "constraints", lambda_init=lambda_init,
                       n_search=n_search, max_iter=max_iter, lr=lr, tanh_eps=tanh_eps, check_every=check_every,

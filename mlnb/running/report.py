@@ -37,6 +37,16 @@ DESCRIPTIONS: dict[str, str] = {
     "09_jpeg_defense/adaptive_histograms.png": "the target label's probability after the adaptive (BPDA) "
                                                "ML-CW, saved as PNG and re-encoded as JPEG",
     "10_explorer/explorer.png": "the explorer's view for its default selection",
+    "12_robust_training/attack_success.png": "attack success of the six attacks and ML-CW through JPEG (BPDA), "
+                                             "standard vs adversarially trained model",
+    "12_robust_training/attacks.csv": "per model and attack: success, success within a common RMSD bound, RMSD",
+    "12_robust_training/table3.csv": "Table III of the standard and the adversarially trained model",
+    "12_robust_training/certified_accuracy.png": "certified accuracy of the whole label set against the L2 radius, "
+                                                 "per noise level, standard vs adversarially trained",
+    "12_robust_training/certificates.csv": "per model and noise level: label sets right and certified, median "
+                                           "radius, certified accuracy",
+    "12_robust_training/certificate_check.png": "ML-CW through the smoothing: each attacked label's certified "
+                                                "radius against the perturbation's L2 norm",
 }
 
 
