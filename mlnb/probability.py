@@ -59,14 +59,70 @@ def sigmoid(z: torch.Tensor) -> torch.Tensor:
     return _ExactSigmoid.apply(z)
 
 
+def _centered_parts(z):
+    """Forward pieces of :func:`centered` on float64 ``z``: the value, which entries take the ``tanh``
+    branch, and ``tanh(z/2)`` there (kept for the backward)."""
+    small = z.abs() < SMALL
+    t = torch.tanh(torch.where(small, z, 0.0) / 2)
+    far = torch.sign(z) * (0.5 - torch.sigmoid(-torch.where(small, 1.0, z).abs()))
+    return torch.where(small, 0.5 * t, far), small, t
+
+
+def _centered_grad(grad, z, small, t):
+    """The gradient autograd gives each branch of :func:`centered`, to the bit: ``(1 - t^2) / 4`` through
+    ``tanh`` near 0, ``sigma(z) sigma(-z)`` from ``z`` beyond (as :func:`sigmoid`'s backward)."""
+    e = torch.exp(-z.abs())
+    return torch.where(small, torch.ops.aten.tanh_backward(grad * 0.5, t) / 2, grad * (e / (1 + e) ** 2))
+
+
+class _Centered(torch.autograd.Function):
+    """:func:`centered` with its backward written out (:func:`_centered_grad`): a few kernels instead of
+    a graph of a dozen nodes, the same numbers (it runs at every attack step)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        value, small, t = _centered_parts(z)
+        ctx.save_for_backward(z, small, t)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _centered_grad(grad, *ctx.saved_tensors)
+
+
+class _Gap(torch.autograd.Function):
+    """:func:`gap` on two float64 tensors of one shape, with its backward written out: through each
+    branch, ``grad sigma(x) sigma(-x)`` (the complements) or :func:`_centered_grad` (the middle), with the
+    signs of the difference; the same numbers as autograd through the branches, in fewer kernels."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        hi = (a >= SMALL) & (b >= SMALL)
+        lo = (a <= -SMALL) & (b <= -SMALL)
+        one = torch.ones_like(a)
+        # each branch sees safe dummy inputs where it is not selected
+        g_hi = torch.sigmoid(-torch.where(hi, b, one)) - torch.sigmoid(-torch.where(hi, a, one))
+        g_lo = torch.sigmoid(torch.where(lo, a, -one)) - torch.sigmoid(torch.where(lo, b, -one))
+        mid = ~(hi | lo)
+        za, zb = torch.where(mid, a, 0.0), torch.where(mid, b, 0.0)
+        ca, small_a, ta = _centered_parts(za)
+        cb, small_b, tb = _centered_parts(zb)
+        ctx.save_for_backward(a, b, mid, za, small_a, ta, zb, small_b, tb)
+        return torch.where(hi, g_hi, torch.where(lo, g_lo, ca - cb))
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, mid, za, small_a, ta, zb, small_b, tb = ctx.saved_tensors
+        ea, eb = torch.exp(-a.abs()), torch.exp(-b.abs())
+        grad_a = torch.where(mid, _centered_grad(grad, za, small_a, ta), grad * (ea / (1 + ea) ** 2))
+        grad_b = torch.where(mid, _centered_grad(-grad, zb, small_b, tb), -(grad * (eb / (1 + eb) ** 2)))
+        return grad_a, grad_b
+
+
 def centered(z: torch.Tensor) -> torch.Tensor:
     """``sigmoid(z) - 0.5`` in float64, any shape: ``tanh(z/2)/2`` for ``|z| < 1`` (exact near 0),
     ``sign(z) (0.5 - sigma(-|z|))`` beyond (exact gradient where ``tanh`` saturates)."""
-    z = z.double()
-    small = z.abs() < SMALL
-    near = 0.5 * torch.tanh(torch.where(small, z, 0.0) / 2)
-    far = torch.sign(z) * (0.5 - sigmoid(-torch.where(small, 1.0, z).abs()))
-    return torch.where(small, near, far)
+    return _Centered.apply(z.double())
 
 
 def gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,15 +131,7 @@ def gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``centered(a) - centered(b)`` otherwise (opposite signs add magnitudes; small ones are exact).
     Its sign is the sign of ``a - b``; its gradient is the true one."""
     a, b = torch.broadcast_tensors(a.double(), b.double())
-    hi = (a >= SMALL) & (b >= SMALL)
-    lo = (a <= -SMALL) & (b <= -SMALL)
-    one = torch.ones_like(a)
-    # each branch sees safe dummy inputs where it is not selected, so no NaN leaks into the gradient
-    g_hi = sigmoid(-torch.where(hi, b, one)) - sigmoid(-torch.where(hi, a, one))
-    g_lo = sigmoid(torch.where(lo, a, -one)) - sigmoid(torch.where(lo, b, -one))
-    mid = ~(hi | lo)
-    g_mid = centered(torch.where(mid, a, 0.0)) - centered(torch.where(mid, b, 0.0))
-    return torch.where(hi, g_hi, torch.where(lo, g_lo, g_mid))
+    return _Gap.apply(a, b)
 
 
 def exp_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

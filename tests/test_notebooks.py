@@ -37,6 +37,10 @@ SMOKE_FLOORS = {
                            "adversarially trained model keeps mAP >= 0.6 (smoke seed 0: 0.68, 8 images checked)",
                            lambda m: m["check_violations"] == 0 and sum(s["images"] for s in m["check"].values()) > 0
                            and m["map_robust"] >= 0.6),
+    "13_successors": ("MLA-LP meets the random-case target on at least half the images, and on as many as ML-DP "
+                      "(smoke seed 0: 6 of 8 vs 2 of 8)",
+                      lambda m: m["mla_lp_vs_ml_dp"]["mla_lp_success"] >= 4
+                      and m["mla_lp_vs_ml_dp"]["mla_lp_success"] >= m["mla_lp_vs_ml_dp"]["ml_dp_success"]),
 }
 
 

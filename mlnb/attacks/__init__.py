@@ -60,3 +60,12 @@ def check_params(attack: str, params: dict) -> None:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for attack {attack!r}: valid parameters are "
                          f"{', '.join(valid)}")
+
+# The successors (notebook 13): MLA-LP (Zhou et al., IJCNN 2020) and TkML-AP (Hu et al., ICCV 2021). They
+# take the same arguments and return the same AttackResult, but are not in ATTACKS (the paper's six).
+from .mla_lp import mla_lp  # noqa: E402
+from .topk import TOPK_STRATEGIES, topk_targeted, topk_targets, topk_universal, topk_untargeted  # noqa: E402
+from .topk_metrics import in_topk, topk_report, topk_success  # noqa: E402
+
+__all__ += ["mla_lp", "topk_untargeted", "topk_targeted", "topk_universal", "topk_targets", "TOPK_STRATEGIES",
+            "in_topk", "topk_success", "topk_report"]

@@ -110,7 +110,7 @@ def copy_mathjax(dest: Path) -> Path:
     """Copy the MathJax 2 tree of the ``jupyter-server-mathjax`` package to ``dest`` (once per
     version; every file and folder created under the user's umask) and return ``dest``.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make run` (`render_html`) through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     import shutil
 
@@ -138,7 +138,7 @@ def static_widgets(nb) -> int:
     picture, any other gets a one-line note; the saved widget state is dropped. Returns the number
     of widget views replaced.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make run` (`render_html`) through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     n = 0
     for cell in nb.cells:
@@ -158,7 +158,7 @@ def offline_exporter(mathjax_url: str):
     """nbconvert's ``HTMLExporter`` (lab template) that loads MathJax from ``mathjax_url`` and
     nothing from a CDN (no require.js, widget manager or mermaid).
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make run` (`render_html`) through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
@@ -173,7 +173,7 @@ def render_html(executed: Path, html_dir: Path, assets: Path | None = None) -> l
     loaded from a CDN and widgets show a static picture (:func:`static_widgets`), so the results
     folder can be copied or served as is.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make run` (`render_html`) through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     import os
 
@@ -217,7 +217,7 @@ def voila_command(notebook: Path, *, ip: str = "127.0.0.1", port: int = 8866) ->
     from a CDN (icons, which the explorer does not use): offline that request fails and nothing
     changes on the page.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make explore` through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     copy_mathjax(notebook.parent / "mathjax")
     return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--Voila.ip={ip}", f"--port={port}",
@@ -231,7 +231,7 @@ def explore(preset: str = "default", *, seed: int = 0, ip: str = "127.0.0.1", po
     """Serve notebooks/10_explorer.ipynb (parameterised with ``preset`` and ``seed`` into ``folder``,
     default ``build/explore``) with Voilà on ``ip:port`` until interrupted; prints the address.
 
-    Introduced in notebooks/10_explorer.ipynb.
+    Called by `make explore` through ``python -m mlnb.running.pipeline``; no notebook calls it.
     """
     import subprocess
 

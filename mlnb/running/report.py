@@ -47,6 +47,9 @@ DESCRIPTIONS: dict[str, str] = {
                                            "radius, certified accuracy",
     "12_robust_training/certificate_check.png": "ML-CW through the smoothing: each attacked label's certified "
                                                 "radius against the perturbation's L2 norm",
+    "13_successors/random_case.csv": "ML-CW, ML-DP and MLA-LP on the same random-case targets",
+    "13_successors/topk_targeted.csv": "TkML-AP vs Rank I / II: top-k success and L2",
+    "13_successors/claims.csv": "the successors' claims, measured here",
 }
 
 
