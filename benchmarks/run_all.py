@@ -54,7 +54,7 @@ class BenchConfig:
 
 
 CONFIGS = {
-    "default": BenchConfig("default", batch=None, steps=10, dp_steps=2, repeats=3, n_single=3, profile_steps=2,
+    "default": BenchConfig("default", batch=None, steps=20, dp_steps=2, repeats=5, n_single=3, profile_steps=2,
                            shrink_batch=24, shrink_params=(4, 60), shrink_repeats=1, memory_steps=2),
     "smoke": BenchConfig("smoke", batch=4, steps=2, dp_steps=1, repeats=1, n_single=1, profile_steps=1,
                          shrink_batch=4, shrink_params=(2, 3), shrink_repeats=1, memory_steps=1),

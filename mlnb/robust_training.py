@@ -19,15 +19,12 @@ Introduced in notebooks/12_robust_training.ipynb.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .models import AUX_WEIGHT
-from .training import CHECKPOINT_FORMAT, TRAIN_THREADS, eq12_loss, load_model, save_model, weights_fingerprint
+from .training import (CHECKPOINT_FORMAT, TRAIN_THREADS, _loss, fit_and_save, load_model, train_model,
+                       weights_fingerprint)
 from .utils import data_root, param_hash
 from .validate import check_choice, check_images, check_int, check_label_matrix, check_positive
 
@@ -42,14 +39,6 @@ RECIPES = {
     "paper": {"epochs": 5, "batch_size": 64, "lr": 1e-4},
 }
 DEFAULT_EPS = {"linf": 4 / 255, "l2": 0.5}  # budgets on [0, 1] images (L2: RMSD 1.8 at 40 px on the 0-255 scale)
-
-
-def _training_loss(logits, y: torch.Tensor, loss: str, lam: float) -> torch.Tensor:
-    if isinstance(logits, tuple):  # Inception-v3 in train mode: (logits, aux_logits), as mlnb.training
-        return _training_loss(logits[0], y, loss, lam) + AUX_WEIGHT * _training_loss(logits[1], y, loss, lam)
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
-    return eq12_loss(logits, y, lam)
 
 
 def _unit(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -84,7 +73,7 @@ def _perturb(model, x, y, norm, eps, steps, step_size, random_start, loss, lam, 
     delta = ((x + delta).clamp(0, 1) - x)
     for _ in range(steps):
         delta.requires_grad_(True)
-        value = _training_loss(model(x + delta), y, loss, lam)
+        value = _loss(model(x + delta), y, loss, lam)
         (grad,) = torch.autograd.grad(value, delta)
         delta = _project(delta.detach() + step_size * _unit(grad, norm), norm, eps)
         delta = (x + delta).clamp(0, 1) - x
@@ -149,48 +138,16 @@ def adversarial_train(model: torch.nn.Module, train_set, *, epochs: int, batch_s
     Introduced in notebooks/12_robust_training.ipynb.
     """
     eps, step_size = _threat_model(norm, loss, eps, steps, step_size)
-    check_int("epochs", epochs)
-    check_int("batch_size", batch_size)
-    check_positive("lr", lr)
-    if len(train_set) == 0:
-        raise ValueError("train_set is empty: pass at least one training image")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    history = {"loss": [], "epochs_run": 0, "steps": 0, "norm": norm, "eps": float(eps), "attack_steps": steps,
-               "step_size": float(step_size)}
-    start, cpu_start = clock(), time.process_time()
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc=f"adversarial training ({norm})")
-    model.train()
-    for _ in range(epochs):
-        order, running = torch.randperm(len(train_set), generator=gen), []
-        for k in range(steps_per_epoch):
-            x, y = train_set.tensors(order[k * batch_size:(k + 1) * batch_size])
-            if augment:
-                flip = torch.rand(x.shape[0], generator=gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            x, y = x.to(device), y.to(device)
-            x_adv = _perturb(model, x, y, norm, float(eps), steps, float(step_size), True, loss, lam, gen)
-            value = _training_loss(model(x_adv), y, loss, lam)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            sched.step()
-            running.append(float(value.detach()))
-            history["steps"] += 1
-            bar.update(1)
-        history["loss"].append(sum(running) / len(running))
-        history["epochs_run"] += 1
-        bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
-    bar.close()
-    history["train_seconds"] = clock() - start
-    history["train_cpu_seconds"] = time.process_time() - cpu_start
-    history["threads"] = torch.get_num_threads()
-    model.eval()
-    return history
+
+    def adversarial(net, x, y):  # the batch's adversarial examples of the current model, in train mode
+        return _perturb(net, x, y, norm, float(eps), steps, float(step_size), True, loss, lam, gen)
+
+    history = train_model(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, lam=lam,
+                          weight_decay=weight_decay, augment=augment, generator=gen, progress=progress,
+                          device=device, clock=clock, inputs=adversarial, desc=f"adversarial training ({norm})")
+    history.pop("stopped_early")
+    return {**history, "norm": norm, "eps": float(eps), "attack_steps": steps, "step_size": float(step_size)}
 
 
 def get_robust_model(preset, *, norm: str = "l2", eps: float | None = None, steps: int = 1,
@@ -208,17 +165,12 @@ def get_robust_model(preset, *, norm: str = "l2", eps: float | None = None, step
     Introduced in notebooks/12_robust_training.ipynb.
     """
     from .data import load_dataset
-    from .metrics import model_quality
-    from .models import predict_scores
     from .presets import get_preset
     from .training import get_target_model
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    check_choice("norm", norm, NORMS)
-    check_choice("loss", loss, LOSSES)
-    eps = float(DEFAULT_EPS[norm] if eps is None else eps)
-    check_positive("eps", eps)
-    check_int("steps", steps)
+    eps, step = _threat_model(norm, loss, eps, steps, step_size)
+    eps = float(eps)
     base, base_info = get_target_model(preset, device=device, progress=progress)
     recipe = RECIPES.get(preset.name, RECIPES["default"])
     key = {"base": weights_fingerprint(base), "recipe": recipe, "norm": norm, "eps": eps, "steps": steps,
@@ -234,23 +186,10 @@ def get_robust_model(preset, *, norm: str = "l2", eps: float | None = None, step
     train_set = load_dataset(dataset, train_split, preset.n_train, image_size=preset.image_size)
     test_set = load_dataset(dataset, "test", preset.n_test, image_size=preset.image_size)
     model = base  # fine-tuned in place: get_target_model loads a fresh copy from its cache on every call
-    threads = torch.get_num_threads()
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu:
-        torch.set_num_threads(TRAIN_THREADS)
-    try:
-        history = adversarial_train(model, train_set, norm=norm, eps=eps, steps=steps, step_size=step_size,
-                                    loss=loss, lam=preset.train.get("lam", 0.5),
-                                    generator=torch.Generator().manual_seed(0), progress=progress, **recipe)
-    finally:
-        torch.set_num_threads(threads)
-    scores = predict_scores(model, test_set, batch_size=200).cpu()
-    meta = {"backbone": preset.backbone, "num_labels": train_set.num_labels, "image_size": preset.image_size,
-            "label_names": list(train_set.label_names), "preset": preset.name, "dataset": dataset,
-            "train_seconds": history["train_seconds"], "history": history, "n_train": len(train_set),
-            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels),
-            "base_weights_sha256": key["base"],
-            "weights_sha256": weights_fingerprint(model), "train_threads": TRAIN_THREADS if on_cpu else None,
-            "threat_model": {"norm": norm, "eps": eps, "steps": steps, "step_size": history["step_size"]}}
-    save_model(model, path, meta)
-    return model, {**meta, "path": str(path), "cached": False}
+    def fit():
+        return adversarial_train(model, train_set, norm=norm, eps=eps, steps=steps, step_size=step_size, loss=loss,
+                                 lam=preset.train.get("lam", 0.5), generator=torch.Generator().manual_seed(0),
+                                 progress=progress, **recipe)
+
+    return fit_and_save(model, fit, path, preset, dataset, train_set, test_set, base_weights_sha256=key["base"],
+                        threat_model={"norm": norm, "eps": eps, "steps": steps, "step_size": step})

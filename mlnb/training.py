@@ -85,7 +85,8 @@ def _loss(out, y: torch.Tensor, loss: str, lam: float, scores: str = "probabilit
 def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
                 loss: str = "eq12", lam: float = 0.5, scores: str = "probability", max_seconds: float | None = None,
                 weight_decay: float = 1e-4, augment: bool = True, generator: torch.Generator | None = None,
-                progress: bool = True, device=None, clock=time.perf_counter) -> dict:
+                progress: bool = True, device=None, clock=time.perf_counter, inputs=None,
+                desc: str = "training") -> dict:
     """Train ``model`` on ``train_set`` (a :class:`mlnb.data.MultiLabelDataset`) with Adam and a cosine
     learning-rate schedule; random horizontal flips when ``augment``. ``loss="eq12"`` (Eq. 12 with
     weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or ``"bce"``. Stops early,
@@ -95,6 +96,10 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     used for ``max_seconds`` and ``train_seconds``. It is read once before the first step, after every
     step while ``max_seconds`` is set, and once at the end; tests pass a fake clock to make the early
     stop deterministic.
+
+    ``inputs`` (keyword-only): a function ``(model, x, y) -> x'`` of each (augmented) batch that gives the
+    images the step trains on (default: the batch itself; :func:`mlnb.robust_training.adversarial_train`
+    passes adversarial examples of the current model). ``desc`` names the progress bar.
 
     Returns a history dict: ``loss`` (mean per epoch), ``epochs_run``, ``steps``, ``train_seconds``
     (elapsed on ``clock``: wall clock by default), ``train_cpu_seconds`` (process CPU time, all threads),
@@ -123,7 +128,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
     history = {"loss": [], "epochs_run": 0, "steps": 0, "stopped_early": False}
     start, cpu_start = clock(), time.process_time()
-    bar = tqdm(total=total, disable=not progress, desc="training")
+    bar = tqdm(total=total, disable=not progress, desc=desc)
     model.train()
     for _ in range(epochs):
         order, running = torch.randperm(len(train_set), generator=gen), []
@@ -133,7 +138,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
                 flip = torch.rand(x.shape[0], generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             x, y = x.to(device), y.to(device)
-            value = _loss(model(x), y, loss, lam, scores)
+            value = _loss(model(x if inputs is None else inputs(model, x, y)), y, loss, lam, scores)
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
@@ -247,7 +252,6 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     Introduced in notebooks/01_target_model.ipynb.
     """
     from .data import load_dataset
-    from .metrics import model_quality
     from .presets import check_data_available, get_preset
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
@@ -272,21 +276,32 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     if device is not None:
         model.to(device)
     # CPU results depend on how many threads split each reduction: train with a fixed count so that
-    # the same seed gives bit-identical weights on every machine with the same instruction set
+    return fit_and_save(model, lambda: train_model(model, train_set, generator=torch.Generator().manual_seed(0),
+                                                   progress=progress, **preset.train),
+                        path, preset, dataset, train_set, test_set)
+
+
+def fit_and_save(model: torch.nn.Module, fit, path: Path, preset, dataset: str, train_set, test_set, **extra_meta):
+    """Run ``fit()`` (a training call returning its history) with the CPU threads fixed at
+    :data:`TRAIN_THREADS` (the same seed then gives bit-identical weights on every machine with the same
+    instruction set), score ``test_set`` (Table III, :func:`mlnb.metrics.model_quality`) and save the
+    model at ``path`` with its metadata (``extra_meta`` added). Returns ``(model, info)`` as
+    :func:`get_target_model` does; :mod:`mlnb.robust_training` and :mod:`mlnb.surrogates` train through it too."""
+    from .metrics import model_quality
+
     threads = torch.get_num_threads()
     on_cpu = next(model.parameters()).device.type == "cpu"
     if on_cpu:
         torch.set_num_threads(TRAIN_THREADS)
     try:
-        history = train_model(model, train_set, generator=torch.Generator().manual_seed(0), progress=progress,
-                              **preset.train)
+        history = fit()
     finally:
         torch.set_num_threads(threads)
     scores = predict_scores(model, test_set, batch_size=200).cpu()
     meta = {"backbone": preset.backbone, "num_labels": train_set.num_labels, "image_size": preset.image_size,
             "label_names": list(train_set.label_names), "preset": preset.name, "dataset": dataset,
             "train_seconds": history["train_seconds"], "history": history, "n_train": len(train_set),
-            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels),
+            "n_test": len(test_set), "test_metrics": model_quality(scores, test_set.labels), **extra_meta,
             "weights_sha256": weights_fingerprint(model), "train_threads": TRAIN_THREADS if on_cpu else None}
     save_model(model, path, meta)
     return model, {**meta, "path": str(path), "cached": False}

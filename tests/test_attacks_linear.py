@@ -9,17 +9,9 @@ import torch
 
 from mlnb import attacks
 
+from linear_model import Linear
+
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, W, b):
-        super().__init__()
-        self.W = torch.nn.Parameter(torch.tensor(W, dtype=torch.float32))
-        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float32))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
 def _case(W, b):

@@ -7,17 +7,9 @@ import torch
 from mlnb.attacks.topk import topk_hinge, topk_targeted, topk_targets, topk_universal, topk_untargeted
 from mlnb.attacks.topk_metrics import in_topk, topk_report, topk_success
 
+from linear_model import Linear
+
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, W, b):
-        super().__init__()
-        self.W = torch.nn.Parameter(torch.tensor(W, dtype=torch.float32))
-        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float32))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
 W4 = [[1.0, -1.0, 0.5, 0.0], [0.0, 1.0, 1.0, -1.0], [0.5, 0.5, -1.0, 1.0], [-1.0, 0.0, 0.5, 0.5]]
