@@ -218,3 +218,69 @@ def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
             xb = get(slice(start, start + int(batch_size))).to(device)
             chunks.append(model(xb).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)
+
+
+class ThresholdedModel(nn.Module):
+    """A model whose label ``i`` is positive when its probability is at least ``thresholds[i]``, written so
+    that every decision of ``mlnb`` (logit ``>= 0``, :data:`mlnb.target.LOGIT_THRESHOLD`) means exactly that.
+
+    ``forward``: ``(N, C, H, W)`` in ``[0, 1]`` -> ``model(x) - logit(t)`` ``(N, L)``: the logits shifted by
+    the per-label threshold's logit, so ``shifted >= 0`` iff ``model(x) >= logit(t_i)`` iff
+    ``sigmoid(model(x)) >= t_i`` (a float32 difference is ``>= 0`` exactly when ``a >= b``; the threshold is
+    held as its float32 logit ``offset``). ``thresholds``: ``(L,)`` probabilities in ``(0, 1)`` (e.g. from
+    :func:`tune_thresholds`); 0.5 everywhere is the plain model. The paper fixes 0.5 (Eq. 3b) and notes
+    that an attacker may not know a deployed model's thresholds (Sec. III-A3, "partially black-box").
+    The wrapper starts in the wrapped model's train / eval mode.
+
+    Introduced in notebooks/11_transfer.ipynb.
+    """
+
+    def __init__(self, model: nn.Module, thresholds: torch.Tensor):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        t = torch.as_tensor(thresholds, dtype=torch.float64).detach().cpu()
+        if t.dim() != 1 or t.numel() == 0 or not bool(((t > 0) & (t < 1)).all()):
+            raise ValueError(f"thresholds must be a 1-D tensor of probabilities in (0, 1), one per label, got "
+                             f"{tuple(t.shape)} with values {t.flatten()[:5].tolist()}: tune them with tune_thresholds")
+        self.model = model
+        self.num_labels = int(t.numel())
+        self.register_buffer("thresholds", t.float())
+        self.register_buffer("offset", torch.log(t / (1 - t)).float())
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) - self.offset.to(x.device)
+
+    def extra_repr(self) -> str:
+        return "thresholds=[" + ", ".join(f"{v:.2f}" for v in self.thresholds.tolist()) + "]"
+
+
+def tune_thresholds(logits: torch.Tensor, y: torch.Tensor, grid=None) -> torch.Tensor:
+    """Per-label thresholds that maximise each label's F1 on held-out data: ``(L,)`` probabilities.
+
+    ``logits`` ``(N, L)`` of the model on validation images, ``y`` ``(N, L)`` bool their labels; ``grid``:
+    candidate thresholds in ``(0, 1)`` (default ``0.05, 0.10, ..., 0.95``). Label ``i`` predicted positive
+    at ``t`` when ``logit_i >= logit(t)`` (decided on logits, exact where float32 probabilities round).
+    Ties in F1 go to the candidate closest to 0.5 (a label never seen positive keeps 0.5's neighbourhood).
+    Feed the result to :class:`ThresholdedModel`.
+
+    Introduced in notebooks/11_transfer.ipynb.
+    """
+    from .validate import check_label_matrix
+
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be an (N, L) float tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+    check_label_matrix(y, "y", num_labels=logits.shape[1])
+    if y.shape != logits.shape:
+        raise ValueError(f"y {tuple(y.shape)} and logits {tuple(logits.shape)} must have the same shape")
+    g = torch.arange(1, 20, dtype=torch.float64) / 20 if grid is None else torch.as_tensor(grid, dtype=torch.float64)
+    if g.dim() != 1 or g.numel() == 0 or not bool(((g > 0) & (g < 1)).all()):
+        raise ValueError(f"grid must be a non-empty 1-D list of probabilities in (0, 1), got {g.tolist()}")
+    z, pos = logits.detach().double().cpu(), y.detach().cpu()
+    pred = z[None] >= torch.log(g / (1 - g))[:, None, None]  # (G, N, L)
+    tp = (pred & pos).sum(1).double()
+    f1 = 2 * tp / (pred.sum(1) + pos.sum(0)).double().clamp(min=1)  # (G, L)
+    best = f1 == f1.amax(0, keepdim=True)
+    closeness = torch.where(best, -(g[:, None] - 0.5).abs(), -torch.inf)
+    return g[closeness.argmax(0)].float()

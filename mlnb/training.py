@@ -10,9 +10,8 @@ label-wise AUC term over the images of a batch:
 
 **f is the sigmoid probability** (``scores="probability"``, the default): the paper's predictor
 F is "a neural network with sigmoid output layer" thresholded at 0.5 (Sec. III-B, Eq. 3b).
-Pushing every positive-negative gap of ``f ∈ [0, 1]`` towards 1 drives positives to 1 and
-negatives to 0, so the 0.5 threshold of Eq. 3b is meaningful without a separate calibration,
-and the exponentials stay in ``[e^-1, e]``. On logits (``scores="logit"``) Eq. 12 is invariant to
+Pushing every positive-negative gap of ``f ∈ [0, 1]`` towards 1 drives positives to 1 and negatives to 0, so
+the 0.5 threshold of Eq. 3b is meaningful without a separate calibration, and the exponentials stay in ``[e^-1, e]``. On logits (``scores="logit"``) Eq. 12 is invariant to
 adding a constant to every logit, so it fixes the ranking but not where 0.5 falls.
 
 Introduced in notebooks/01_target_model.ipynb.
@@ -246,8 +245,7 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     ``dataset`` picks one of ``preset.datasets`` (default: the first; the paper preset trains one
     Inception-v3 on VOC 2007 and another on VOC 2012, as Table III does).
 
-    Returns ``(model in eval mode, info)``; ``info`` holds ``path``, ``cached``, ``train_seconds``,
-    ``history`` and ``test_metrics`` (Table III on ``preset.n_test`` held-out images).
+    Returns ``(model in eval mode, info)``: ``path``, ``cached``, ``train_seconds``, ``history``, ``test_metrics``.
 
     Introduced in notebooks/01_target_model.ipynb.
     """
@@ -272,21 +270,16 @@ def get_target_model(preset, device=None, retrain: bool = False, progress: bool 
     test_set = load_dataset(dataset, "test", preset.n_test, image_size=preset.image_size)
     torch.manual_seed(0)  # head / backbone initialisation
     model = build_model(preset.backbone, train_set.num_labels, pretrained=preset.pretrained,
-                        image_size=preset.image_size)
-    if device is not None:
-        model.to(device)
-    # CPU results depend on how many threads split each reduction: train with a fixed count so that
+                        image_size=preset.image_size).to(device if device is not None else "cpu")
     return fit_and_save(model, lambda: train_model(model, train_set, generator=torch.Generator().manual_seed(0),
                                                    progress=progress, **preset.train),
                         path, preset, dataset, train_set, test_set)
 
 
 def fit_and_save(model: torch.nn.Module, fit, path: Path, preset, dataset: str, train_set, test_set, **extra_meta):
-    """Run ``fit()`` (a training call returning its history) with the CPU threads fixed at
-    :data:`TRAIN_THREADS` (the same seed then gives bit-identical weights on every machine with the same
-    instruction set), score ``test_set`` (Table III, :func:`mlnb.metrics.model_quality`) and save the
-    model at ``path`` with its metadata (``extra_meta`` added). Returns ``(model, info)`` as
-    :func:`get_target_model` does; :mod:`mlnb.robust_training` and :mod:`mlnb.surrogates` train through it too."""
+    """Run ``fit()`` (returns a history) on :data:`TRAIN_THREADS` CPU threads (reproducible weights), score
+    ``test_set`` (Table III) and save the model at ``path`` with its metadata (``extra_meta`` added); returns
+    ``(model, info)`` as :func:`get_target_model`. The robust and surrogate models train through it too."""
     from .metrics import model_quality
 
     threads = torch.get_num_threads()

@@ -338,9 +338,9 @@ LAYERS = {  # docs/ARCHITECTURE.md "## Layers": a module imports only from its o
     1: ("validate", "utils", "probability"),
     2: ("target", "labels", "case_study"),
     3: ("metrics",),
-    4: ("animals", "voc", "data", "models", "presets", "training", "purify", "robust_training"),
+    4: ("animals", "voc", "data", "models", "presets", "training", "purify", "robust_training", "surrogates"),
     5: ("attacks/", "defenses", "wrappers", "art_door", "smoothing"),
-    6: ("store", "experiment_plan", "experiments", "experiments_cli", "tutorial", "paper/"),
+    6: ("store", "experiment_plan", "experiments", "experiments_cli", "tutorial", "paper/", "transfer"),
     7: ("plots/",),
     8: ("explorer", "explorer_app", "running/"),
 }

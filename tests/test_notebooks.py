@@ -33,6 +33,8 @@ SMOKE_FLOORS = {
                       lambda m: m["both_success"] >= 1 and m["both_succeed_fig2"]),
     "09_jpeg_defense": ("plain ML-CW reaches some targets without the defense (else JPEG has nothing to undo)",
                         lambda m: m["ml_cw_success_no_defense"] > 0),
+    "11_transfer": ("white-box ML-CW meets the random-case target on some images (else nothing can transfer; smoke "
+                    "seeds 0 / 1: 0.5 / 0.62)", lambda m: m["success_rate"]["white-box/ml_cw"] > 0),
     "12_robust_training": ("the certificate check attacks some certified images and finds no violation; the "
                            "adversarially trained model keeps mAP >= 0.6 (smoke seed 0: 0.68, 8 images checked)",
                            lambda m: m["check_violations"] == 0 and sum(s["images"] for s in m["check"].values()) > 0

@@ -37,6 +37,13 @@ DESCRIPTIONS: dict[str, str] = {
     "09_jpeg_defense/adaptive_histograms.png": "the target label's probability after the adaptive (BPDA) "
                                                "ML-CW, saved as PNG and re-encoded as JPEG",
     "10_explorer/explorer.png": "the explorer's view for its default selection",
+    "11_transfer/transfer_heatmap.png": "full success, A flipped and B damaged on the target, per source model and "
+                                        "attack",
+    "11_transfer/transfer_heatmap_bounded.png": "the same at a common RMSD bound",
+    "11_transfer/transfer_matrix.csv": "per source model (surrogates, ensemble, white box) and attack: full success, "
+                                       "A flipped, B damaged, RMSD on the target",
+    "11_transfer/thresholds.csv": "Type I vs Type II against a target with tuned per-label thresholds (Sec. III-A3)",
+    "11_transfer/claims.csv": "the transfer claims, measured here",
     "12_robust_training/attack_success.png": "attack success of the six attacks and ML-CW through JPEG (BPDA), "
                                              "standard vs adversarially trained model",
     "12_robust_training/attacks.csv": "per model and attack: success, success within a common RMSD bound, RMSD",
