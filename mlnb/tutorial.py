@@ -107,11 +107,20 @@ def load_attack_set(preset, n_images: int, n_candidates: int, generator: torch.G
     check_positive("n_candidates", n_candidates, integer=True)
     preset = get_preset(preset) if isinstance(preset, str) else preset
     model, info = get_target_model(preset, device=device, progress=False)
-    n = int(n_candidates) if preset.n_test is None else min(int(n_candidates), preset.n_test)
-    ds = load_dataset(preset.datasets[0], "test", n_examples=n, image_size=preset.image_size)
+    ds = test_images(preset, n_candidates)
     x_all, y_all = ds.tensors()
     return draw_attack_set(model, x_all.to(device), y_all.to(device), n_images, generator, ids=ds.ids,
                            names=ds.label_names, model_info=info)
+
+
+def test_images(preset, n_candidates: int):
+    """The first ``min(n_candidates, preset.n_test)`` test images of the preset's first data set, a
+    :class:`mlnb.data.MultiLabelDataset` (``.tensors()``, ``.label_names``, ``.ids``): the candidates
+    the attack notebooks draw from (Sec. IV-E). ``preset`` is a :class:`mlnb.presets.Preset` or its name."""
+    check_positive("n_candidates", n_candidates, integer=True)
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    n = int(n_candidates) if preset.n_test is None else min(int(n_candidates), preset.n_test)
+    return load_dataset(preset.datasets[0], "test", n_examples=n, image_size=preset.image_size)
 
 
 def target_text(names, y_row: torch.Tensor, A_row: torch.Tensor) -> str:
