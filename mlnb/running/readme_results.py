@@ -55,7 +55,10 @@ def collect(results: str | Path) -> dict:
     t4 = _metrics(results, "06_general_attacks")
     random = {a: {"flipped_A": round(1 - float(v["Hamming(A)"]), 3), "changed_B": round(float(v["Hamming(B)"]), 3)}
               for a, v in t4["table4"]["random"].items() if a in ("ml_cw", "rank2")}
+    later = {n: _metrics(results, n) if (results / n / "metrics.json").is_file() else None
+             for n in ("11_transfer", "12_robust_training", "13_successors")}
     return {
+        **_later_notebooks(*later.values()),
         "environment": env,
         "minutes_total": round(sum(v.get("seconds", 0) for v in nb.values()) / 60, 1),
         "seconds": {k: v.get("seconds") for k, v in nb.items()},
@@ -72,6 +75,52 @@ def collect(results: str | Path) -> dict:
                  "after_jpeg_adaptive": round(m09["ml_cw_success_after_jpeg_adaptive"], 2),
                  "rmsd_plain": round(m09["rmsd_plain"], 2), "rmsd_adaptive": round(m09["rmsd_adaptive"], 2)},
     }
+
+
+def _later_notebooks(m11: dict | None, m12: dict | None, m13: dict | None) -> dict:
+    """What the README quotes of notebooks 11-13 (None where a notebook did not finish)."""
+    out = {"transfer": None, "robust": None, "successors": None}
+    if m11 is not None:  # the findings in numbers; the claims by their states
+        out["transfer"] = [f for f in m11["findings"] if not f.startswith("Claim (")]
+        out["transfer"].append("claims: " + ", ".join(f"{s} {n}" for s, n in m11["claims_states"].items() if n))
+    if m12 is not None:
+        closest = [c["closest ratio L2 / radius of a changed label"] for c in m12["check"].values()
+                   if c.get("closest ratio L2 / radius of a changed label") is not None]
+        out["robust"] = {"map": [round(m12["map_standard"], 3), round(m12["map_robust"], 3)],
+                         "success": [round(m12["mean_success_standard"], 2), round(m12["mean_success_robust"], 2)],
+                         "bounded": [round(m12["mean_bounded_success_standard"], 2),
+                                     round(m12["mean_bounded_success_robust"], 2)], "bound": m12["rmsd_bound"],
+                         "violations": m12["check_violations"],
+                         "checked": sum(c["images"] for c in m12["check"].values()),
+                         "closest": round(min(closest), 1) if closest else None}
+    if m13 is not None:
+        v = m13["mla_lp_vs_ml_dp"]
+        out["successors"] = {"n": m13["n_images"], "mla_lp": v["mla_lp_success"], "ml_dp": v["ml_dp_success"],
+                             "both": v["both"], "linf": [round(v["mla_lp_linf_both"], 4), round(v["ml_dp_linf_both"], 4)],
+                             "topk": {k: round(r[next(c for c in r if c.endswith("success"))], 2)
+                                      for k, r in m13["topk"].items()}}
+    return out
+
+
+def _later_lines(snap: dict) -> list[str]:
+    lines = []
+    if snap.get("transfer"):
+        lines += ["- **Transfer (`11`)**, crafted on surrogates, judged on the target:",
+                  *[f"  - {f}" for f in snap["transfer"]]]
+    r = snap.get("robust")
+    if r:
+        lines.append(f"- **Robust training (`12`)**: adversarial fine-tuning on Eq. 12 costs clean mAP {r['map'][0]:.3f} -> "
+                     f"{r['map'][1]:.3f}; mean attack success {r['success'][0]:.2f} -> {r['success'][1]:.2f} "
+                     f"({r['bounded'][0]:.2f} -> {r['bounded'][1]:.2f} within RMSD {r['bound']}); ML-CW through the "
+                     f"smoothing changed no certified label inside its radius ({r['violations']} violations on "
+                     f"{r['checked']} attacked images" + (f"; the closest changed label moved {r['closest']}x its "
+                                                          f"certified radius" if r["closest"] is not None else "") + ").")
+    s = snap.get("successors")
+    if s:
+        lines.append(f"- **Successors (`13`)**, {s['n']} random-case images: MLA-LP meets {s['mla_lp']}, ML-DP {s['ml_dp']}; "
+                     f"mean L∞ on the {s['both']} both meet {s['linf'][0]} vs {s['linf'][1]}; top-k targeted success "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in s["topk"].items()) + ".")
+    return lines
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -107,7 +156,7 @@ def render(snap: dict) -> str:
         "",
         f"- **Time**: {snap['minutes_total']} minutes for the {len(snap['seconds'])} notebooks on "
         f"{snap.get('conditions', 'an idle machine')}"
-        + (f" ({', '.join(failed)} did not finish)" if failed else "") + ", the cached model reused; "
+        + (f" ({', '.join(failed)} did not finish)" if failed else "") + f", {snap.get('models', 'the cached model reused')}; "
         + ", ".join(f"{k[:2]} {v:.0f} s" for k, v in snap["seconds"].items() if v) + ".",
         f"- **Target model (Table III, `01`)**: held-out mAP {t3['map']:.3f} (per-label mAP {t3['label_map']:.3f}), "
         f"Hamming loss {t3['hamming']:.3f}, macro/micro-F1 {t3['macro_f1']:.2f}/{t3['micro_f1']:.2f}, ranking loss "
@@ -140,6 +189,7 @@ def render(snap: dict) -> str:
         f"after JPEG; an adaptive attacker (ML-CW through JPEG by BPDA) gets {f3_['after_jpeg_adaptive']:.2f} back at "
         f"RMSD {f3_['rmsd_adaptive']:.2f} (plain {f3_['rmsd_plain']:.2f}).",
     ]
+    lines += _later_lines(snap)
     if f2 is None:
         lines = [ln for ln in lines if not ln.startswith("- **Fig. 2")]
     if f3 is None:
@@ -171,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot", default="docs/results-default.json")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--conditions", default="an idle machine", help="what else ran on the machine meanwhile")
+    ap.add_argument("--models", default="the cached model reused", help="whether the run trained its models")
     args = ap.parse_args(argv)
-    snap = {**collect(args.results), "conditions": args.conditions}
+    snap = {**collect(args.results), "conditions": args.conditions, "models": args.models}
     atomic_write_text(Path(args.snapshot), json.dumps(snap, indent=1, ensure_ascii=False) + "\n")
     write_section(Path(args.readme), render(snap))
     print(f"snapshot {args.snapshot} and {args.readme} updated from {args.results}")
