@@ -27,6 +27,8 @@ from mlnb.target import Target
 from mlnb.labels import kendall_criterion
 from test_attacks import N_IMAGES, SEARCH, TinyConv, _targets, independent
 
+from linear_model import Linear
+
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 
@@ -49,16 +51,6 @@ def problems():
 @pytest.fixture(scope="module")
 def rnd(problems):
     return problems["random"]
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, W, b):
-        super().__init__()
-        self.W = torch.nn.Parameter(torch.as_tensor(W, dtype=torch.float32))
-        self.b = torch.nn.Parameter(torch.as_tensor(b, dtype=torch.float32))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
 # three labels on 1x3x4 images, each on its own four pixels (mixed signs): ||W_i||_1 = 8, 6, 5

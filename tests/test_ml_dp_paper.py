@@ -14,21 +14,13 @@ from mlnb import attacks
 from mlnb.attacks.deepfool import ML_DP_FORMS, greedy_step, min_norm_step, paper_step
 from mlnb.labels import random_case
 
+from linear_model import Linear
+
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 # generic (correlated) rows, scaled so that one paper step stays inside the [0, 1] box from x = 0.5
 W_GEN = [[3.77, -3.96, 19.21, 3.15], [-16.07, 10.85, 39.12, 28.41], [-21.11, -37.96, -18.70, 1.24]]
 Z_GEN = [1.2, -0.8, 0.6]  # logits at x = 0.5: y = [1, 0, 1]
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, W, b):
-        super().__init__()
-        self.W = torch.nn.Parameter(torch.as_tensor(W, dtype=torch.float32))
-        self.b = torch.nn.Parameter(torch.as_tensor(b, dtype=torch.float32))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
 def _linear(W, z0):
