@@ -25,7 +25,7 @@ from mlnb.attacks.losses import rank_terms
 from mlnb.attacks.rank import RANKING_SETS, ranking_sets
 from mlnb.target import Target
 from mlnb.labels import kendall_criterion
-from test_attacks import N_IMAGES, SEARCH, TinyConv, _targets, independent
+from test_attacks import N_IMAGES, SEARCH, independent, tiny_problem
 
 from linear_model import Linear
 
@@ -36,16 +36,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 @pytest.fixture(scope="module")
 def problems():
     """The fixture of tests/test_attacks.py: ``{case: (model, x, y, A, B)}``, 16 images each."""
-    model = TinyConv().eval()
-    x = 0.25 + 0.5 * torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x) >= 0
-    out = {}
-    for case in ("random", "extreme"):
-        A, B, eligible = _targets(y, case)
-        k = eligible.nonzero().flatten()[:N_IMAGES]
-        out[case] = (model, x[k], y[k], A[k], B[k])
-    return out
+    return {case: tiny_problem(case, N_IMAGES) for case in ("random", "extreme")}
 
 
 @pytest.fixture(scope="module")

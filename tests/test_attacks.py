@@ -89,19 +89,25 @@ def _targets(y: torch.Tensor, case: str):
     return torch.cat([t.A, pad], 1), torch.cat([t.B, pad], 1), t.eligible
 
 
-@pytest.fixture(scope="module")
-def problems():
+def tiny_problem(case: str, n: int):
+    """``(model, x, y, A, B)``: :class:`TinyConv`, the first ``n`` of 64 seeded images eligible for ``case``
+    (``"random"`` or ``"extreme"``), the model's own predictions as their labels, and their targets.
+    The shared fixture of the attack test files."""
     model = TinyConv().eval()
     x = 0.25 + 0.5 * torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x) >= 0
-    out = {}
-    for case in ("random", "extreme"):
-        A, B, eligible = _targets(y, case)
-        k = eligible.nonzero().flatten()[:N_IMAGES]
-        assert len(k) == N_IMAGES
-        out[case] = (model, x[k], y[k], A[k], B[k])
-        assert not independent(model, x[k], y[k], A[k], B[k])[0].any()  # no clean image is a free success
+    A, B, eligible = _targets(y, case)
+    k = eligible.nonzero().flatten()[:n]
+    return model, x[k], y[k], A[k], B[k]
+
+
+@pytest.fixture(scope="module")
+def problems():
+    out = {case: tiny_problem(case, N_IMAGES) for case in ("random", "extreme")}
+    for model, x, y, A, B in out.values():
+        assert len(x) == N_IMAGES
+        assert not independent(model, x, y, A, B)[0].any()  # no clean image is a free success
     return out
 
 

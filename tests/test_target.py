@@ -14,7 +14,7 @@ import torch
 from mlnb import attacks
 from mlnb import labels as lb
 from mlnb.target import LOGIT_THRESHOLD, THRESHOLD, Divisions, Target
-from test_attacks import FAST, TinyConv, _targets
+from test_attacks import FAST, _targets, tiny_problem
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -271,13 +271,7 @@ def test_strategies_return_targets_whose_eligible_rows_validate(strategy):
 @pytest.fixture(scope="module")
 def problem():
     """Four images of the fixture of tests/test_attacks.py and their random-case target."""
-    model = TinyConv().eval()
-    x = 0.25 + 0.5 * torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x) >= 0
-    A, B, eligible = _targets(y, "random")
-    k = eligible.nonzero().flatten()[:4]
-    return model, x[k], y[k], A[k], B[k]
+    return tiny_problem("random", 4)
 
 
 ATTACK_FIELDS = ("x_adv", "success", "n_satisfied", "iterations", "logits", "scores")

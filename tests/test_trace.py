@@ -12,7 +12,7 @@ import torch
 
 from mlnb import attacks
 from mlnb.attacks._state import TRACE_FIELDS
-from test_attacks import SEARCH, TinyConv, _targets
+from test_attacks import SEARCH, tiny_problem
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -26,13 +26,7 @@ EPS64 = torch.finfo(torch.float64).eps
 def problem():
     """Six images of the fixture of tests/test_attacks.py (random case); image 4 is made to start in its
     target state (its clean labels are set to the model's predictions XOR A)."""
-    model = TinyConv().eval()
-    x = 0.25 + 0.5 * torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x) >= 0
-    A, B, eligible = _targets(y, "random")
-    k = eligible.nonzero().flatten()[:6]
-    x, y, A, B = x[k], y[k].clone(), A[k], B[k]
+    model, x, y, A, B = tiny_problem("random", 6)
     with torch.no_grad():
         y[4] = (model(x[4:5])[0] >= 0) ^ A[4]
     return model, x, y, A, B
