@@ -140,7 +140,7 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     adam_table = torch.stack([dec1, dec2, bc1, bc2], 1)  # (max_iter + 1, 4): one gather per step
     is_check = (ks + 1) % window == 0
     half = torch.tensor(0.5, device=dev)
-    abort_factor = 1 - ABORT_REL if early_abort else torch.inf  # loss > prev * inf never holds
+    abort_factor = 1 - ABORT_REL
     done_steps = 0
     for step in range(n_search * max_iter):
         n_act = int(S.rows.numel())
@@ -182,9 +182,9 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
             S.w.addcdiv_(m / _col(a[:, 2], m), den, value=-lr)
             S.step = k0 + live
             S.iterations += live
-            check = live & is_check[k0]
             end = live & (S.step >= max_iter)
-            if early_abort and (not host or bool(check.any())):  # on CPU, steps without a check skip it
+            check = live & is_check[k0] if early_abort else None
+            if check is not None and (not host or bool(check.any())):  # on CPU, steps without a check skip it
                 prog = (prog() if callable(prog) else prog).detach()
                 # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
                 # has stalled in both the loss and the logit-space progress (no success is given up)
@@ -193,7 +193,7 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
                          & (prog >= S.prev_progress * abort_factor))
                 S.prev_loss = torch.where(check, loss, S.prev_loss)
                 S.prev_progress = torch.where(check, prog, S.prev_progress)
-                end = end | (live & abort)
+                end = end | abort  # abort holds only on checked, hence live, rows
             ended = not host or bool(end.any())
             if ended:
                 _end_of_run(S, end, final_select, host)
