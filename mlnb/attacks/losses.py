@@ -29,6 +29,16 @@ from .. import probability as P
 N_RANK_TERMS = 5  # Eq. (9) has three terms, Eq. (11) adds two
 
 
+def cw_margin(logits: torch.Tensor, target: torch.Tensor, space: str = "probability") -> torch.Tensor:
+    """How far each label is past the threshold on its target side, ``(N, L)`` float64: ``s_i (F_i - 0.5)``
+    (exact, :func:`mlnb.probability.prob_margin`) or, for ``space="logit"``, ``s_i z_i``; ``s_i = +1`` where
+    the target label ``y*_i`` is positive. Negative: the constraint of Eq. (4) is violated."""
+    if space == "logit":
+        z = logits.double()
+        return torch.where(target, z, -z)
+    return P.prob_margin(logits, target)
+
+
 def cw_hinge(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0,
              space: str = "probability") -> torch.Tensor:
     """ML-CW's constraint penalty, Eq. (5): ``sum_i max(0, y'_i F'_i(x + r) - c_i + kappa)`` over ``A ∪ B``,
@@ -40,12 +50,7 @@ def cw_hinge(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa
     ``kappa >= 0`` is an optional margin (0 in the paper). ``space="logit"`` (an extension, not the
     paper's) writes the same constraints on the logits: ``max(0, kappa - s_i z_i)``.
     """
-    if space == "logit":
-        z = logits.double()
-        margin = torch.where(target, z, -z)
-    else:
-        margin = P.prob_margin(logits, target)
-    return (torch.clamp(kappa - margin, min=0) * ab).sum(1)
+    return (torch.clamp(kappa - cw_margin(logits, target, space), min=0) * ab).sum(1)
 
 
 def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
@@ -53,10 +58,8 @@ def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, ka
     ``sum_i max(0, kappa' - s_i z_i)`` with ``kappa'`` the margin ``kappa`` as a logit. The driver's
     early abort watches it beside the loss: a saturated label (logit 30 moving to 25) changes the
     probability hinge by 1e-11 but this sum by 5."""
-    z = logits.double()
-    margin = torch.where(target, z, -z)
     k = P.logit(0.5 + kappa) if 0 < kappa < 0.5 else (0.0 if kappa <= 0 else 40.0)
-    return (torch.clamp(k - margin, min=0) * ab).sum(1)
+    return (torch.clamp(k - cw_margin(logits, target, "logit"), min=0) * ab).sum(1)
 
 
 def _sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, threshold):

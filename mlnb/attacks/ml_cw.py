@@ -4,13 +4,10 @@ Introduced in notebooks/03_ml_cw.ipynb.
 """
 from __future__ import annotations
 
-import torch
-
-from .. import probability as P
 from .. import validate as V
 from ._core import AttackResult, setup
 from ._driver import run_search
-from .losses import cw_hinge, cw_progress
+from .losses import cw_hinge, cw_margin, cw_progress
 
 HINGE_SPACES = ("probability", "logit")
 
@@ -63,9 +60,7 @@ def ml_cw(model, x, y, A=None, B=None, *, generator=None, progress=True, lambda_
         past their confidence κ): Eq. (4) at 0.5, and ``s (F - 0.5) >= κ`` (``s z >= κ`` in logit space)."""
         met = S.target.constraints_met(logits)
         if kappa > 0:
-            z, y_star = logits.double(), S.target.y_star
-            margin = P.prob_margin(logits, y_star) if hinge_space == "probability" else torch.where(y_star, z, -z)
-            met = met & (margin >= kappa)
+            met = met & (cw_margin(logits, S.target.y_star, hinge_space) >= kappa)
         return met.sum(1)
 
     def hinge(logits, S):
