@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .probability import sigmoid as exact_sigmoid
 from .models import AUX_WEIGHT, build_model, predict_scores
-from .utils import data_root, param_hash
+from .utils import cpu_threads, data_root, param_hash
 from .validate import check_choice, check_label_matrix, check_positive
 
 LOSSES = ("eq12", "bce")
@@ -282,14 +282,10 @@ def fit_and_save(model: torch.nn.Module, fit, path: Path, preset, dataset: str, 
     ``(model, info)`` as :func:`get_target_model`. The robust and surrogate models train through it too."""
     from .metrics import model_quality
 
-    threads = torch.get_num_threads()
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu:
-        torch.set_num_threads(TRAIN_THREADS)
-    try:
+    device = next(model.parameters()).device
+    on_cpu = device.type == "cpu"
+    with cpu_threads(TRAIN_THREADS, device):
         history = fit()
-    finally:
-        torch.set_num_threads(threads)
     scores = predict_scores(model, test_set, batch_size=200).cpu()
     meta = {"backbone": preset.backbone, "num_labels": train_set.num_labels, "image_size": preset.image_size,
             "label_names": list(train_set.label_names), "preset": preset.name, "dataset": dataset,

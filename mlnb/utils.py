@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -165,6 +166,22 @@ def save_figure(fig, notebook: str, name: str, dpi: int = 120) -> Path:
 def save_table(df, notebook: str, name: str) -> Path:
     """Save a pandas DataFrame as ``results/<notebook>/<name>.csv`` (atomically)."""
     return atomic_write_text(results_dir(notebook) / f"{name}.csv", df.to_csv(index=True))
+
+
+@contextmanager
+def cpu_threads(n: int, device: torch.device | str = "cpu"):
+    """Run the block on ``n`` torch CPU threads when ``device`` is the CPU (else unchanged), then restore the
+    count. Training uses it for reproducible weights; the LP simplex for its many small kernels, which on
+    two threads wait on each other once another process takes a core (measured 25x slower)."""
+    before = torch.get_num_threads()
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if on_cpu:
+            torch.set_num_threads(before)
 
 
 def _free_memory(device: torch.device) -> None:
