@@ -17,8 +17,11 @@ the dual objective along that row, flipping the nonbasic ``u_p`` it passes to th
 brings in the variable at the breakpoint where the slope turns. ``K`` is small (the labels of ``A ∪ B``),
 so ``B^{-1}`` is recomputed each iteration from the ``K`` basic columns (no eta file to drift) and the
 basic values from the nonbasic ones. Every image runs its own pivots: the batch only shares the kernels
-(``(n, 2, K) @ (n, K, d)`` products and a row-wise sort), so an image's answer does not depend on the
-others.
+(``(n, 2, K) @ (n, K, d)`` products, row-wise selections and sorts), so an image takes the pivots it takes
+alone (tested); a batched matrix product may round the last bits of its values differently (BLAS
+blocking), as the model's convolutions do. LPs that are done leave the batch. On the CPU the simplex runs
+on :data:`SIMPLEX_CPU_THREADS` thread: its kernels are small, and two OpenMP threads wait on each other
+once another process takes a core (measured 25x slower on a busy 2-core machine).
 
 Each answer is **certified**: the step must satisfy every row (``g_k^T r <= b_k`` to a relative 1e-9)
 and its ``t`` must match, to a relative :data:`GAP_TOL`, the lower bound ``-b^T λ / ||G^T λ||_1`` of the
