@@ -23,7 +23,9 @@ paper's formula wherever float64 can represent it and each gradient is the true 
   (down to differences float64 can hold);
 * :func:`exp_gap`: ``e^{sigmoid(a)} - e^{sigmoid(b)} = e^{sigmoid(b)} expm1(gap(a, b))``, the
   difference compared by Rank I / II (Eq. 9, 11);
-* :func:`prob_margin`: ``s (sigmoid(z) - 0.5)`` for a target sign ``s = ±1``, the quantity of Eq. (5).
+* :func:`prob_margin`: ``s (sigmoid(z) - 0.5)`` for a target sign ``s = ±1``, the quantity of Eq. (5);
+* :func:`centered_vjp`, :func:`exp_gap_vjp`: ``centered`` and ``exp_gap`` without an autograd graph, each
+  with its backward as a function (the attack driver's hot loop): autograd's numbers, bit for bit.
 
 The results are float64 tensors (cast back with ``.float()`` where a float32 tensor is needed).
 Decisions (a label is positive, a constraint holds, a ranking is right) are taken on the logits
@@ -61,17 +63,18 @@ def sigmoid(z: torch.Tensor) -> torch.Tensor:
 
 def _centered_parts(z):
     """Forward pieces of :func:`centered` on float64 ``z``: the value, which entries take the ``tanh``
-    branch, and ``tanh(z/2)`` there (kept for the backward)."""
-    small = z.abs() < SMALL
+    branch, ``tanh(z/2)`` there and ``-|z|`` (both kept for the backward)."""
+    na = z.abs().neg_()
+    small = na > -SMALL  # |z| < SMALL
     t = torch.tanh(torch.where(small, z, 0.0) / 2)
-    far = torch.sign(z) * (0.5 - torch.sigmoid(-torch.where(small, 1.0, z).abs()))
-    return torch.where(small, 0.5 * t, far), small, t
+    far = torch.sign(z) * (0.5 - torch.sigmoid(torch.where(small, -1.0, na)))  # -|z| outside the tanh branch
+    return torch.where(small, 0.5 * t, far), small, t, na
 
 
-def _centered_grad(grad, z, small, t):
+def _centered_grad(grad, na, small, t):
     """The gradient autograd gives each branch of :func:`centered`, to the bit: ``(1 - t^2) / 4`` through
-    ``tanh`` near 0, ``sigma(z) sigma(-z)`` from ``z`` beyond (as :func:`sigmoid`'s backward)."""
-    e = torch.exp(-z.abs())
+    ``tanh`` near 0, ``sigma(z) sigma(-z)`` from ``-|z|`` (``na``) beyond (as :func:`sigmoid`'s backward)."""
+    e = torch.exp(na)
     return torch.where(small, torch.ops.aten.tanh_backward(grad * 0.5, t) / 2, grad * (e / (1 + e) ** 2))
 
 
@@ -81,8 +84,8 @@ class _Centered(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
-        value, small, t = _centered_parts(z)
-        ctx.save_for_backward(z, small, t)
+        value, small, t, na = _centered_parts(z)
+        ctx.save_for_backward(na, small, t)
         return value
 
     @staticmethod
@@ -90,33 +93,43 @@ class _Centered(torch.autograd.Function):
         return _centered_grad(grad, *ctx.saved_tensors)
 
 
+def _gap_parts(a, b):
+    """Forward of :func:`gap` on two float64 tensors of one shape: the value and what its backward reads."""
+    hi = (a >= SMALL) & (b >= SMALL)
+    lo = (a <= -SMALL) & (b <= -SMALL)
+    # both complement branches at once, element by element (sigma(-b) - sigma(-a) where hi, sigma(a) -
+    # sigma(b) where lo), a safe dummy (-1) elsewhere
+    g = (torch.sigmoid(torch.where(hi, -b, torch.where(lo, a, -1.0)))
+         - torch.sigmoid(torch.where(hi, -a, torch.where(lo, b, -1.0))))
+    mid = ~(hi | lo)
+    za, zb = torch.where(mid, a, 0.0), torch.where(mid, b, 0.0)
+    ca, small_a, ta, na_a = _centered_parts(za)
+    cb, small_b, tb, na_b = _centered_parts(zb)
+    return torch.where(mid, ca - cb, g), (a, b, mid, na_a, small_a, ta, na_b, small_b, tb)
+
+
+def _gap_grad(grad, a, b, mid, na_a, small_a, ta, na_b, small_b, tb):
+    """Backward of :func:`gap`: through each branch, ``grad sigma(x) sigma(-x)`` (the complements) or
+    :func:`_centered_grad` (the middle), with the signs of the difference."""
+    ea, eb, neg = torch.exp(-a.abs()), torch.exp(-b.abs()), -grad
+    grad_a = torch.where(mid, _centered_grad(grad, na_a, small_a, ta), grad * (ea / (1 + ea) ** 2))
+    grad_b = torch.where(mid, _centered_grad(neg, na_b, small_b, tb), neg * (eb / (1 + eb) ** 2))  # -(g x) = (-g) x
+    return grad_a, grad_b
+
+
 class _Gap(torch.autograd.Function):
-    """:func:`gap` on two float64 tensors of one shape, with its backward written out: through each
-    branch, ``grad sigma(x) sigma(-x)`` (the complements) or :func:`_centered_grad` (the middle), with the
-    signs of the difference; the same numbers as autograd through the branches, in fewer kernels."""
+    """:func:`gap` on two float64 tensors of one shape, with its backward written out (:func:`_gap_grad`);
+    the same numbers as autograd through the branches, in fewer kernels."""
 
     @staticmethod
     def forward(ctx, a, b):
-        hi = (a >= SMALL) & (b >= SMALL)
-        lo = (a <= -SMALL) & (b <= -SMALL)
-        one = torch.ones_like(a)
-        # each branch sees safe dummy inputs where it is not selected
-        g_hi = torch.sigmoid(-torch.where(hi, b, one)) - torch.sigmoid(-torch.where(hi, a, one))
-        g_lo = torch.sigmoid(torch.where(lo, a, -one)) - torch.sigmoid(torch.where(lo, b, -one))
-        mid = ~(hi | lo)
-        za, zb = torch.where(mid, a, 0.0), torch.where(mid, b, 0.0)
-        ca, small_a, ta = _centered_parts(za)
-        cb, small_b, tb = _centered_parts(zb)
-        ctx.save_for_backward(a, b, mid, za, small_a, ta, zb, small_b, tb)
-        return torch.where(hi, g_hi, torch.where(lo, g_lo, ca - cb))
+        value, saved = _gap_parts(a, b)
+        ctx.save_for_backward(*saved)
+        return value
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, mid, za, small_a, ta, zb, small_b, tb = ctx.saved_tensors
-        ea, eb = torch.exp(-a.abs()), torch.exp(-b.abs())
-        grad_a = torch.where(mid, _centered_grad(grad, za, small_a, ta), grad * (ea / (1 + ea) ** 2))
-        grad_b = torch.where(mid, _centered_grad(-grad, zb, small_b, tb), -(grad * (eb / (1 + eb) ** 2)))
-        return grad_a, grad_b
+        return _gap_grad(grad, *ctx.saved_tensors)
 
 
 def centered(z: torch.Tensor) -> torch.Tensor:
@@ -139,6 +152,29 @@ def exp_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     The difference of the ``e^f`` scores that Eq. (9) and (11) compare, exact for saturated labels."""
     a, b = torch.broadcast_tensors(a.double(), b.double())
     return torch.exp(sigmoid(b)) * torch.expm1(gap(a, b))
+
+
+def centered_vjp(z: torch.Tensor):
+    """:func:`centered` without autograd, for a hot loop: ``(value, vjp)``, ``vjp(grad)`` the gradient w.r.t.
+    ``z`` that autograd gives through :func:`centered`, to the bit."""
+    value, small, t, na = _centered_parts(z.double())
+    return value, lambda grad: _centered_grad(grad, na, small, t)
+
+
+def exp_gap_vjp(a: torch.Tensor, b: torch.Tensor):
+    """:func:`exp_gap` of two float64 tensors of one shape without autograd: ``(value, vjp)``, ``vjp(grad)``
+    the gradients w.r.t. ``a`` and ``b`` that autograd gives through :func:`exp_gap`, to the bit (each
+    backward formula of its graph, ``b``'s two paths summed)."""
+    s = torch.sigmoid(b)
+    es = torch.exp(s)
+    g, saved = _gap_parts(a, b)
+    em = torch.expm1(g)
+
+    def vjp(grad):
+        grad_a, grad_b = _gap_grad(grad * es * (em + 1), *saved)  # through expm1(gap(a, b))
+        e = torch.exp(-b.abs())
+        return grad_a, grad_b + grad * em * es * (e / (1 + e) ** 2)  # + through exp(sigmoid(b))
+    return es * em, vjp
 
 
 def prob_margin(z: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

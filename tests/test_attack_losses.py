@@ -135,7 +135,8 @@ def test_kendall_criterion_order_perfect():
 @pytest.mark.parametrize("omega_zero", ["C", "C1", "empty"])
 def test_rank_step_equals_the_three_public_functions(pairwise, threshold, omega_zero):
     """The driver's one-pass step (sets prepared once, extremes taken once) gives, to the bit, what
-    rank_terms / rank_goal / rank_progress give, hinge and gradient included."""
+    rank_terms / rank_goal / rank_progress give, hinge and gradient included (the max/min form's gradient
+    written out by hand, vjp, with a per-image λ as the driver passes it)."""
     from mlnb.attacks.losses import rank_goal, rank_progress, rank_sets, rank_step
 
     g = torch.Generator().manual_seed(3)
@@ -146,12 +147,15 @@ def test_rank_step_equals_the_three_public_functions(pairwise, threshold, omega_
     B[0] = False  # an image with an empty B: terms 3 and 4 vanish
     sets = tuple(ranking_sets(Target(y, A, B), omega_zero)[k] for k in RANKING_SETS)
     z = (torch.randn(6, 7, generator=g) * 8).requires_grad_(True)
+    z.data[1, 2] = z.data[1, 3]  # a tie: the max / min splits its gradient
+    lam = torch.rand(6, generator=g, dtype=torch.float64) * 100
     for w in (RANK1, RANK2):
         want_h = rank_loss(rank_terms(z, *sets, pairwise=pairwise, threshold=threshold), w)
-        (want_g,) = torch.autograd.grad(want_h.sum(), z)
-        h, goal, progress = rank_step(z, rank_sets(*sets, threshold=threshold), w, pairwise=pairwise,
-                                      threshold=threshold)
-        (got_g,) = torch.autograd.grad(h.sum(), z)
-        assert torch.equal(h, want_h) and torch.equal(got_g, want_g)
+        (want_g,) = torch.autograd.grad((lam * want_h).sum(), z)
+        h, goal, progress, vjp = rank_step(z, rank_sets(*sets, threshold=threshold), w, pairwise=pairwise,
+                                           threshold=threshold)
+        assert (vjp is None) == pairwise and h.requires_grad == pairwise
+        got_g = torch.autograd.grad((lam * h).sum(), z)[0] if pairwise else vjp(lam)
+        assert torch.equal(h, want_h) and torch.equal(got_g.view(torch.int32), want_g.view(torch.int32))
         assert torch.equal(goal, rank_goal(z, *sets, w, threshold=threshold))
         assert torch.equal(progress(), rank_progress(z, *sets, w, threshold=threshold))

@@ -525,8 +525,41 @@ def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, mon
 def test_an_undefined_tau_ranks_below_every_defined_one():
     """All scores tied: Kendall's tau-b is undefined (NaN) and the search's selection key puts it at -2,
     below the worst defined value (-1)."""
-    from mlnb.attacks._state import _tau
+    from mlnb.attacks._state import _tau, tau_parts
 
-    ytau = torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8)
+    ytau = tau_parts(torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8), torch.float32)
     assert _tau(torch.zeros(1, 5), ytau).item() == -2.0
     assert _tau(torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0]]), ytau).item() == pytest.approx(-1.0)
+
+
+def test_the_search_tau_is_kendalls_tau_b_to_the_bit():
+    """The driver's selection key reads the criterion's pair signs made once per target (tau_parts); it is
+    metrics.tau_b_kernel to the bit (NaN -> -2), ties, constant rows and non-finite logits included."""
+    from mlnb.attacks._state import _tau, tau_parts
+    from mlnb.metrics import tau_b_kernel
+
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(60, 10, generator=g) * 5).round(decimals=1)
+    z[0], z[1, 3], z[2, 4], z[3, 0] = 1.0, float("nan"), float("inf"), -float("inf")
+    ytau = torch.randint(-2, 3, (60, 10), generator=g).to(torch.int8)
+    ytau[4] = 1  # a constant criterion
+    want = torch.nan_to_num(tau_b_kernel(z, ytau), nan=-2.0)
+    assert torch.equal(_tau(z, tau_parts(ytau, z.dtype)).view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_driver_state_block_hands_out_disjoint_filled_views(dtype):
+    """The driver's per-image state lives in one allocation (state_block): views shaped like the images,
+    the first filled from init, disjoint, and float64 squares (n, C*H*W), for any image dtype."""
+    from mlnb.attacks._state import state_block
+
+    x = torch.rand(3, 2, 5, 7).to(dtype)
+    (a, b, c, *scratch), squares = state_block(x, (x, 0, 1.5), 2)
+    assert all(t.shape == x.shape and t.dtype == dtype and t.is_contiguous() for t in (a, b, c, *scratch))
+    assert squares.shape == (3, 70) and squares.dtype == torch.float64 and squares.is_contiguous()
+    assert torch.equal(a, x) and not b.any() and bool((c == 1.5).all())
+    for t in (b, c, *scratch, squares):
+        t.fill_(7)
+    assert torch.equal(a, x)  # nothing else wrote into it
+    ptrs = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in (a, b, c, *scratch, squares))
+    assert all(end <= start for (_, end), (start, _) in zip(ptrs, ptrs[1:]))

@@ -177,3 +177,56 @@ def test_faithful_ml_cw_flips_a_saturated_label_at_the_closed_form_norm():
     step = 1e-2 / 2 * W[0].abs().sum().item()
     assert 1.0 - 1e-4 <= ratio <= 1 + step / 20
     assert r[8:].abs().max() < 1e-3  # the kept labels' pixels are left alone
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+def _hard_values(n, seed, dtype):
+    """Random values of every scale with exact zeros of both signs, +-1 (the branch edges), saturated and
+    infinite entries: where a rewritten backward would first part from autograd's bits."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([0.1, 1.0, 5.0, 40.0, 300.0], dtype=torch.float64).repeat(n // 5 + 1)[:n]
+    v = torch.randn(n, generator=g, dtype=torch.float64) * scales
+    special = torch.tensor([0.0, -0.0, 1.0, -1.0, 1 - 1e-16, 30.0, -30.0, 90.0, -90.0, 800.0, math.inf, -math.inf],
+                           dtype=torch.float64)
+    v[torch.randint(0, n, (n // 4,), generator=g)] = special[torch.randint(0, len(special), (n // 4,), generator=g)]
+    return v.to(dtype)
+
+
+def test_the_hand_written_backwards_are_autograds_to_the_bit():
+    """centered_vjp and exp_gap_vjp (the driver's hot loop, no autograd graph) return the values and the
+    gradients autograd gives through centered and exp_gap, bit for bit (signed zeros included)."""
+    a, b = _hard_values(3000, 0, torch.float64), _hard_values(3000, 1, torch.float64)
+    b[:300] = a[:300]  # ties
+    grad = _hard_values(3000, 2, torch.float64)
+    aa, bb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    c = P.centered(aa)
+    value, vjp = P.centered_vjp(a)
+    assert torch.equal(_bits(value), _bits(c.detach()))
+    assert torch.equal(_bits(vjp(grad)), _bits(torch.autograd.grad(c, aa, grad)[0]))
+    e = P.exp_gap(aa, bb)
+    value, vjp = P.exp_gap_vjp(a, b)
+    assert torch.equal(_bits(value), _bits(e.detach()))
+    for got, want in zip(vjp(grad), torch.autograd.grad(e, (aa, bb), grad)):
+        assert torch.equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("space", ["probability", "logit"])
+@pytest.mark.parametrize("kappa", [0.0, 0.2])
+def test_cw_step_is_cw_hinge_and_its_autograd_gradient_to_the_bit(space, kappa):
+    """The driver's ML-CW step: cw_hinge's value and, for a per-image λ, the gradient of sum λ h w.r.t. the
+    float32 logits that autograd gives, bit for bit (clamp edges, zeros, saturated and infinite logits)."""
+    from mlnb.attacks.losses import cw_step
+
+    z = _hard_values(40 * 9, 3, torch.float32).view(40, 9)
+    g = torch.Generator().manual_seed(4)
+    target, ab = torch.rand(40, 9, generator=g) < 0.5, torch.rand(40, 9, generator=g) < 0.7
+    lam = torch.exp(torch.randn(40, generator=g, dtype=torch.float64) * 6)
+    zz = z.clone().requires_grad_(True)
+    want = cw_hinge(zz, target, ab, kappa, space=space)
+    (want_g,) = torch.autograd.grad((lam * want).sum(), zz)
+    h, vjp = cw_step(z, target, ab, kappa, space=space)
+    assert torch.equal(_bits(h), _bits(want.detach()))
+    assert torch.equal(_bits(vjp(lam)), _bits(want_g))

@@ -2,8 +2,8 @@
 
 It owns Carlini-Wagner's change of variables, per-image Adam, the per-image binary search on λ,
 best-so-far bookkeeping, per-image early abort and active-batch shrinking; an attack contributes
-only a per-image loss ``hinge(logits, target) -> (hinge (n,) float64, goal_reached (n,) bool,
-progress (n,) float64)`` and two selection rules (within one λ run, and across λ).
+only a per-image loss ``hinge(logits, state) -> (hinge (n,) float64, goal_reached (n,) bool,
+progress (n,) float64, vjp)`` and two selection rules (within one λ run, and across λ).
 
 Exact bookkeeping (no decision is lost to float32 rounding): the hinge comes in float64 from the
 exact probability kernels (:mod:`mlnb.probability`), the distortion is summed in float64, and the
@@ -20,11 +20,16 @@ are over leave the active batch (``shrink=True``): on CPU at once, on an acceler
 check (every ``check_every`` steps, the only host synchronisation there).
 
 Cost of a step outside the model: the distortion's gradient and the change of variables are applied
-by hand (no autograd graph for them), Adam is updated in place with ``addcdiv`` and restarts
-through a per-row decay factor (0 on a run's first step) instead of masked fills, and on CPU (where a
-host decision is free) the image-sized best-so-far copies and the end-of-run bookkeeping run only
-on the steps and rows that need them. The arithmetic is the one of the plain formulation, so
-results are bit-identical to it.
+by hand (no autograd graph for them); a loss may hand its gradient w.r.t. the logits (``vjp``, written
+out formula by formula as autograd takes it) so that autograd runs only the model's backward; the
+per-image state and the scratch the image-sized passes write into are views of one allocation made once
+per call (fresh or scattered image-sized tensors make glibc's heap grow, trim and fault its pages in
+again every few steps, inside the model's own passes); Adam is updated in place with ``addcdiv``
+and restarts through a per-row decay factor (0 on a run's first step) instead of masked fills;
+Kendall's tau reads the criterion's pair signs made once per target; and on CPU (where a host decision
+is free) the image-sized best-so-far copies and the end-of-run bookkeeping run only on the steps and
+rows that need them. The arithmetic is the one of the plain formulation, so results are bit-identical
+to it.
 
 The state reads like the algorithm (:class:`SearchState`): per image the Adam variables ``w, m, v``, the
 step within the current λ run, the λ run and the bounds of the binary search, the best iterate of the
@@ -47,7 +52,8 @@ import torch
 from .. import validate as V
 from ..target import Target
 from ._core import AttackResult, Runtime, finalize, progress_bar, run_in_chunks, select_rows
-from ._state import Iterate, SearchState, _tau, better, collect_trace, from_w, to_w, trace_row  # noqa: F401 (from_w: public here)
+from ._state import (Iterate, SearchState, _tau, better, collect_trace, from_w,  # noqa: F401 (from_w: public here)
+                     state_block, step_constants, tau_parts, to_w, trace_row)
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -91,7 +97,8 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     (first axis ``n``) the loss reads as ``state.extra``. ``hinge(logits, state)`` returns the hinge,
     whether the run's goal is reached (``None``: every constraint that ``count`` counts holds) and the
     progress measure (or a function of no arguments that computes it: it is read only at early-abort
-    checks), each ``(n,)``. Returns ``x_adv``,
+    checks), each ``(n,)``, and ``vjp``: ``None`` (the hinge carries its autograd graph) or
+    ``vjp(lam) -> (n, L)``, the gradient of ``sum lam * hinge`` w.r.t. ``logits``. Returns ``x_adv``,
     ``iterations``, ``param`` (λ of the returned example, NaN for the clean image), ``n_runs_ok``.
     ``early_abort=False`` runs every λ run to ``max_iter``; ``shrink=False`` keeps finished images in
     the batch until the whole batch is done (a fixed budget: same per-image results, more work);
@@ -108,9 +115,12 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     need_tau = "tau" in run_select or "tau" in final_select
     zeros = torch.zeros(n, device=dev, dtype=torch.float64)
     i64 = torch.zeros(n, dtype=torch.int64, device=dev)
+    # the image-sized state in one allocation: w0, w, m, v, the two best iterates, the scratch of the
+    # image-sized passes (tanh(w) then Adam's m-hat, the iterate, its perturbation then Adam's denominator)
     w0 = to_w(x, tanh_eps)
-    S = SearchState(rows=torch.arange(n, device=dev), target=target, x0=x, w0=w0, w=w0.clone(),
-                    m=torch.zeros_like(x), v=torch.zeros_like(x), step=i64.clone(), run=i64.clone(),
+    (w0, w, m, v, best_x, run_best_x, *scratch), squares = state_block(x, (w0, w0, 0, 0, x, x), 3)
+    S = SearchState(rows=torch.arange(n, device=dev), target=target, x0=x, w0=w0, w=w,
+                    m=m, v=v, step=i64.clone(), run=i64.clone(),
                     lam=torch.full((n,), float(lambda_init), device=dev, dtype=torch.float64), lower=zeros.clone(),
                     upper=torch.full_like(zeros, torch.inf), prev_loss=torch.full_like(zeros, torch.inf),
                     prev_progress=torch.full_like(zeros, torch.inf), iterations=i64.clone(),
@@ -119,28 +129,20 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     with torch.no_grad():
         logits0 = rt.logits(x)
     n_met0 = count(logits0, S)
-    tau0 = _tau(logits0, target.y_tau)
-    S.best = Iterate(x.clone(), n_met0, tau0, zeros.clone())
-    S.run_best = Iterate(x.clone(), torch.full_like(n_met0, -1), torch.full_like(tau0, -torch.inf),
+    S.tau_parts = tau_parts(target.y_tau, logits0.dtype) if need_tau else None  # made once, rows follow
+    tau0 = _tau(logits0, S.tau_parts) if need_tau else logits0.new_zeros(n)  # no rule reads it otherwise
+    S.best = Iterate(best_x, n_met0, tau0, zeros.clone())
+    S.run_best = Iterate(run_best_x, torch.full_like(n_met0, -1), torch.full_like(tau0, -torch.inf),
                          torch.full_like(zeros, torch.inf))
     out = {"x_adv": x.clone(), "iterations": i64.clone(), "param": torch.full((n,), torch.nan, device=dev),
            "n_runs_ok": i64.clone()}
     # images already in the target state are returned unchanged, at zero cost
     S = _flush(S, out, n_met0 == target.n_constraints)
-    window = max(1, max_iter // 10)
     b1, b2 = ADAM_BETAS
-    # per-step constants indexed by k (steps already taken in the current λ run): Adam's bias
-    # corrections for step k + 1, its decay factors (0 on a run's first step: m = v = 0 at a restart)
-    # and whether step k + 1 is an early-abort check
-    ks = torch.arange(max_iter + 1, device=dev)
-    bc1 = (1 - b1 ** (ks + 1).double()).float()
-    bc2 = (1 - b2 ** (ks + 1).double()).float()
-    dec1 = torch.where(ks == 0, 0.0, torch.tensor(b1, dtype=torch.float32, device=dev))
-    dec2 = torch.where(ks == 0, 0.0, torch.tensor(b2, dtype=torch.float32, device=dev))
-    adam_table = torch.stack([dec1, dec2, bc1, bc2], 1)  # (max_iter + 1, 4): one gather per step
-    is_check = (ks + 1) % window == 0
+    adam_table, is_check = step_constants(max_iter, ADAM_BETAS, max(1, max_iter // 10), x)
     half = torch.tensor(0.5, device=dev)
     abort_factor = 1 - ABORT_REL
+    views = None  # of the scratch: the active rows are a prefix of it
     done_steps = 0
     for step in range(n_search * max_iter):
         n_act = int(S.rows.numel())
@@ -148,38 +150,42 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
             break
         live = S.run < n_search
         k0 = S.step
+        if views is None or views[0].shape[0] != n_act:
+            views = tuple(b[:n_act] for b in (*scratch, squares))
+        t, xa, d, sq = views
         with torch.no_grad():
-            t = torch.tanh(S.w)
-            xa = torch.add(half, t, alpha=0.5)  # (t + 1) / 2 in one pass, bit for bit (halving is exact)
+            torch.tanh(S.w, out=t)
+            torch.add(half, t, alpha=0.5, out=xa)  # (t + 1) / 2 in one pass, bit for bit (halving is exact)
         xa.requires_grad_(True)
         logits = rt.logits(xa)
-        h, goal, prog = hinge(logits, S)  # goal None: every constraint counted (count == n_constraints)
-        (g,) = torch.autograd.grad((S.lam * h).sum(), xa)
+        h, goal, prog, vjp = hinge(logits, S)  # goal None: every constraint counted (count == n_constraints)
+        # the gradient of sum λ h w.r.t. xa: through h's graph, or from the loss's own backward (vjp)
+        (g,) = torch.autograd.grad(*(((S.lam * h).sum(), xa) if vjp is None else (logits, xa, vjp(S.lam))))
         with torch.no_grad():
-            xa, h, logits = xa.detach(), h.detach(), logits.detach()
-            d = xa - S.x0
-            dist = d.flatten(1).double().pow(2).sum(1)
-            loss = dist + S.lam * h
+            torch.sub(xa, S.x0, out=d)
+            dist = sq.copy_(d.view(sq.shape)).pow_(2).sum(1)
             # gradient w.r.t. w of ||xa - x0||^2 + λ h: (g + 2d) / 2 * (1 - t^2); the exact factor 1/2 is
             # carried by Adam's state instead (m and v hold 2x and 4x their values, eps is doubled)
-            g = torch.ops.aten.tanh_backward(g.add_(d, alpha=2), t)
-            new = Iterate(xa, count(logits, S), _tau(logits, S.target.y_tau) if need_tau else S.run_best.tau, dist)
+            torch.ops.aten.tanh_backward.grad_input(g.add_(d, alpha=2), t, grad_input=g)
+            new = Iterate(xa, count(logits, S), _tau(logits, S.tau_parts) if need_tau else S.run_best.tau, dist)
             if goal is None:
                 goal = new.n_met == S.target.n_constraints
             if trace is not None:
-                trace.append(trace_row(S, live, loss, dist, h, new.n_met))
+                trace.append(trace_row(S, live, dist + S.lam * h, dist, h, new.n_met))
             # best iterate of the current λ run
             imp = live & better(run_select, new, S.run_best)
             if not host or bool(imp.any()):
                 S.run_best = _adopt(S.run_best, imp, new, host)
             S.run_ok |= live & goal
-            # per-image Adam step, in place (rows that finished may keep moving: nothing of theirs is read)
+            # per-image Adam step, in place (rows that finished may keep moving: nothing of theirs is read);
+            # m-hat and the denominator reuse the scratch of t and d
             m, v = S.m, S.v
-            a = adam_table[k0]
-            m.mul_(_col(a[:, 0], m)).add_(g, alpha=1 - b1)
-            v.mul_(_col(a[:, 1], v)).addcmul_(g, g, value=1 - b2)
-            den = (v / _col(a[:, 3], v)).sqrt_().add_(2 * ADAM_EPS)
-            S.w.addcdiv_(m / _col(a[:, 2], m), den, value=-lr)
+            decay1, decay2, corr1, corr2 = adam_table[k0].unbind(1)
+            m.mul_(decay1).add_(g, alpha=1 - b1)
+            v.mul_(decay2).addcmul_(g, g, value=1 - b2)
+            del g  # freed before the next step's model call, which then finds the same free memory
+            den = torch.div(v, corr2, out=d).sqrt_().add_(2 * ADAM_EPS)
+            S.w.addcdiv_(torch.div(m, corr1, out=t), den, value=-lr)
             S.step = k0 + live
             S.iterations += live
             end = live & (S.step >= max_iter)
@@ -189,6 +195,7 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
                 # abort only a run that has reached its goal, meets every constraint of Eq. (4) now, and
                 # has stalled in both the loss and the logit-space progress (no success is given up)
                 settled = S.run_ok & (new.n_met == S.target.n_constraints)
+                loss = dist + S.lam * h
                 abort = (check & settled & (loss > S.prev_loss * abort_factor)
                          & (prog >= S.prev_progress * abort_factor))
                 S.prev_loss = torch.where(check, loss, S.prev_loss)

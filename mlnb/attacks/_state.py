@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from ..target import Target
-from ..metrics import tau_b_kernel
 
 _KEYS = {"constraints": ("n_met",), "tau": ("tau",), "constraints_tau": ("n_met", "tau")}
 TRACE_FIELDS = ("image", "iteration", "run", "lam", "loss", "distortion", "hinge", "n_met")
@@ -28,9 +27,56 @@ def from_w(w: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
-def _tau(logits: torch.Tensor, ytau: torch.Tensor) -> torch.Tensor:
-    """Kendall tau-b as a selection key: an undefined tau (NaN) ranks below every defined one."""
-    return torch.nan_to_num(tau_b_kernel(logits, ytau), nan=-2.0)
+def state_block(x: torch.Tensor, init: tuple, k: int) -> tuple:
+    """Image-sized tensors shaped like ``x``, the first filled from ``init`` (tensors or numbers), then ``k``
+    uninitialised ones, and the ``(n, C*H*W)`` float64 squares of the distortion, all views of one
+    allocation: the driver's per-image state of a call lives in one region of the allocator instead of a
+    dozen tensors among the model's activations (scattered, they make glibc's heap grow, trim and fault its
+    pages in again every few steps; one region is reused step after step and call after call)."""
+    n, size, j = x.shape[0], x[0].numel(), len(init) + k
+    cut = n * size * 8  # the float64 part first: the rest starts 8-byte aligned for any image dtype
+    buf = torch.empty(cut + j * x.numel() * x.element_size(), dtype=torch.uint8, device=x.device)
+    views = buf[cut:].view(x.dtype).view(j, *x.shape).unbind(0)
+    for t, value in zip(views, init):
+        if isinstance(value, torch.Tensor):
+            t.copy_(value)
+        else:
+            t.fill_(value)
+    return views, buf[:cut].view(torch.float64).view(n, size)
+
+
+def tau_parts(y_tau: torch.Tensor, dtype: torch.dtype) -> dict:
+    """What Kendall's tau-b reads of the criterion ``y_tau`` (``(n, L)``), made once per target: the signs of
+    its pair differences ``dy`` ``(n, L, L)`` and its count of untied pairs ``ny`` (both in ``dtype``, the
+    logits'), and whether it has one, ``ok``, as :func:`mlnb.metrics.tau_b_kernel` computes them."""
+    t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
+    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dtype)
+    ny = (dy != 0).sum((1, 2))
+    return {"dy": dy, "ny": ny.to(dtype), "ok": ny > 0}
+
+
+def step_constants(max_iter: int, betas: tuple, window: int, like: torch.Tensor) -> tuple:
+    """The driver's per-step constants, indexed by k (steps already taken in the current λ run): Adam's
+    decay factors (0 on a run's first step: m = v = 0 at a restart) and bias corrections for step k + 1
+    as ``(max_iter + 1, 4, 1, ...)`` (one gather per step gives the four per-image columns of images
+    shaped like ``like``), and whether step k + 1 is an early-abort check (every ``window`` steps)."""
+    (b1, b2), dev = betas, like.device
+    ks = torch.arange(max_iter + 1, device=dev)
+    bc1 = (1 - b1 ** (ks + 1).double()).float()
+    bc2 = (1 - b2 ** (ks + 1).double()).float()
+    dec1 = torch.where(ks == 0, 0.0, torch.tensor(b1, dtype=torch.float32, device=dev))
+    dec2 = torch.where(ks == 0, 0.0, torch.tensor(b2, dtype=torch.float32, device=dev))
+    table = torch.stack([dec1, dec2, bc1, bc2], 1).view(max_iter + 1, 4, *([1] * (like.dim() - 1)))
+    return table, (ks + 1) % window == 0
+
+
+def _tau(logits: torch.Tensor, parts: dict) -> torch.Tensor:
+    """Kendall tau-b as a selection key: :func:`mlnb.metrics.tau_b_kernel` of float ``logits`` on the
+    criterion's :func:`tau_parts`, to the bit; an undefined tau (NaN) ranks below every defined one (-2)."""
+    dx = torch.sign(logits[:, :, None] - logits[:, None, :])
+    nx = dx.abs().sum((1, 2))  # untied score pairs, exactly (or NaN with a NaN score: tau is then -2 either way)
+    out = ((dx * parts["dy"]).sum((1, 2)) / torch.sqrt(nx * parts["ny"]).clamp(min=1)).clamp(-1.0, 1.0)
+    return torch.where((nx > 0) & parts["ok"], out, -2.0).nan_to_num_(nan=-2.0)
 
 
 @dataclass
@@ -81,6 +127,7 @@ class SearchState:
     best: Iterate  # best example so far (the clean image at first)
     best_lam: torch.Tensor  # (n,) float64 λ of the run that found `best` (NaN: the clean image)
     extra: dict  # per-image tensors an attack's loss reads (e.g. ranking masks), n rows each
+    tau_parts: dict | None = None  # the criterion's parts of Kendall's tau (tau_parts) when a rule reads tau
 
 
 def trace_row(S: SearchState, live, loss, dist, h, n_met) -> dict:

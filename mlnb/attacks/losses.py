@@ -15,8 +15,10 @@ float32 sigmoid's rounded 0 at a saturated label), and two labels with different
 * :func:`rank_terms`: the five hinge terms of Rank I (Eq. 9, or the pairwise Eq. 8) and of Rank II
   (Eq. 11, both constraints of Eq. 10), on the ``e^f`` scores of the paper; :func:`rank_goal`: whether
   every ranking constraint they encode holds *strictly* (a tie is not a success).
+* :func:`cw_step`, :func:`rank_step`: the driver's step, hinge with its gradient w.r.t. the logits written
+  out (no autograd graph for the loss; the gradient is autograd's, bit for bit).
 * Kendall's tau-b (the selection rule of Sec. III-C2) is :func:`mlnb.metrics.kendall_tau_b`; the driver
-  calls its unvalidated kernel :func:`mlnb.metrics.tau_b_kernel`.
+  computes the same numbers from the criterion's pair signs made once per target (``_state._tau``).
 
 Introduced in notebooks/03_ml_cw.ipynb and notebooks/05_rank_attacks.ipynb.
 """
@@ -53,6 +55,25 @@ def cw_hinge(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa
     return (torch.clamp(kappa - cw_margin(logits, target, space), min=0) * ab).sum(1)
 
 
+def cw_step(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0,
+            space: str = "probability"):
+    """:func:`cw_hinge` for one step of the driver, without autograd: ``(hinge (N,) float64, vjp)`` where
+    ``vjp(lam)`` is the gradient of ``sum_n lam_n hinge_n`` w.r.t. ``logits`` (their dtype), to the bit the
+    one autograd gives through :func:`cw_hinge` (each backward formula of its graph, in its order)."""
+    z = logits.detach().double()
+    c, back = (z, None) if space == "logit" else P.centered_vjp(z)
+    x = kappa - torch.where(target, c, -c)
+    h = (torch.clamp(x, min=0) * ab).sum(1)
+
+    def vjp(lam):
+        # the sum over labels and x ab, the clamp (no gradient where x <= 0), kappa - margin, then both
+        # sides of where(target, c, -c) summed: g on the target side, 0 + (-(-g)) on the other
+        g = -torch.where(x > 0, lam[:, None] * ab, 0.0)
+        g = torch.where(target, g, 0.0 - g)
+        return (g if back is None else back(g)).to(logits.dtype)
+    return h, vjp
+
+
 def cw_progress(logits: torch.Tensor, target: torch.Tensor, ab: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
     """How far the labels of ``A ∪ B`` still are from their target side, in logits, ``(N,)`` float64:
     ``sum_i max(0, kappa' - s_i z_i)`` with ``kappa'`` the margin ``kappa`` as a logit. The driver's
@@ -87,19 +108,37 @@ def rank_sets(omega_minus, omega_plus, omega_zero, A1, Bm1, B1, Am1, *, threshol
     return {"lo": lo, "hi": hi, "lo_any": lo_any, "hi_any": hi_any, "valid": valid}
 
 
-def _extremes(logits, sets, threshold):
+def _extremes(logits, sets, threshold, vjp=False):
     """Per term: the largest logit of the low set and the smallest of the high set, ``(N, 5)`` float64
     (0 where that side is empty); with a hard threshold ``t`` the missing side of terms 1 and 2 is the
-    constant ``logit(t)``."""
-    z = logits.double().unsqueeze(1)
-    zmax = torch.where(sets["lo_any"], torch.where(sets["lo"], z, -torch.inf).amax(-1), 0.0)
-    zmin = torch.where(sets["hi_any"], torch.where(sets["hi"], z, torch.inf).amin(-1), 0.0)
-    if threshold is not None:
+    constant ``logit(t)``. ``vjp=True``: taken without autograd, with a third output ``back(g_max, g_min)``,
+    the gradient w.r.t. ``logits`` of ``<g_max, zmax> + <g_min, zmin>`` that autograd gives, to the bit."""
+    z = (logits.detach() if vjp else logits).double().unsqueeze(1)
+    z_lo, z_hi = torch.where(sets["lo"], z, -torch.inf), torch.where(sets["hi"], z, torch.inf)
+    z_max, z_min = z_lo.amax(-1), z_hi.amin(-1)
+    zmax = torch.where(sets["lo_any"], z_max, 0.0)
+    zmin = torch.where(sets["hi_any"], z_min, 0.0)
+    k = torch.arange(N_RANK_TERMS, device=logits.device) if threshold is not None else None
+    if k is not None:
         zt = P.logit(float(threshold))
-        k = torch.arange(N_RANK_TERMS, device=logits.device)
         zmin = torch.where(k == 1, zt, zmin)
         zmax = torch.where(k == 2, zt, zmax)
-    return zmax, zmin
+    if not vjp:
+        return zmax, zmin
+
+    def back(g_max, g_min):
+        # backward of the threshold's where, of the empty side's where, of amax / amin (split evenly between
+        # tied labels), of the set's where (summed over the terms); the two sides added
+        if k is not None:
+            g_max, g_min = torch.where(k == 2, 0.0, g_max), torch.where(k == 1, 0.0, g_min)
+        sides = ((g_max, "lo_any", z_max, z_lo, "lo"), (g_min, "hi_any", z_min, z_hi, "hi"))
+        out = []
+        for g, any_side, extreme, zs, side in sides:
+            tied = zs == extreme.unsqueeze(-1)
+            g = (torch.where(sets[any_side], g, 0.0).unsqueeze(-1) / tied.sum(-1, keepdim=True)) * tied
+            out.append(torch.where(sets[side], g, 0.0).sum(1, keepdim=True))
+        return (out[0] + out[1]).squeeze(1).to(logits.dtype)
+    return zmax, zmin, back
 
 
 def _terms(logits, sets, zmax, zmin, pairwise, threshold):
@@ -134,14 +173,25 @@ def _progress(sets, zmax, zmin, weights):
 
 
 def rank_step(logits: torch.Tensor, sets: dict, weights: torch.Tensor, *, pairwise: bool = False,
-              threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of Rank I / Rank II on prepared sets (:func:`rank_sets`): ``(hinge, goal, progress)``,
-    each ``(N,)``, equal to ``rank_loss(rank_terms(...), weights)``, :func:`rank_goal` and
+              threshold: float | None = None):
+    """One step of Rank I / Rank II on prepared sets (:func:`rank_sets`): ``(hinge, goal, progress, vjp)``,
+    the first three ``(N,)``, equal to ``rank_loss(rank_terms(...), weights)``, :func:`rank_goal` and
     :func:`rank_progress`, with the extremes taken once for all three; ``progress`` comes as a function of no
-    arguments (the driver reads it only at its early-abort checks)."""
-    zmax, zmin = _extremes(logits, sets, threshold)
-    h = rank_loss(_terms(logits, sets, zmax, zmin, pairwise, threshold), weights)
-    return h, _goal(sets, zmax, zmin, weights), lambda: _progress(sets, zmax, zmin, weights)
+    arguments (the driver reads it only at its early-abort checks). ``vjp(lam)``: the gradient of
+    ``sum_n lam_n hinge_n`` w.r.t. ``logits``, to the bit the one autograd gives through the hinge, which is
+    then taken without autograd; ``None`` for ``pairwise`` (the hinge carries its autograd graph)."""
+    if pairwise:
+        zmax, zmin = _extremes(logits, sets, threshold)
+        h, vjp = rank_loss(_terms(logits, sets, zmax, zmin, pairwise, threshold), weights), None
+    else:
+        zmax, zmin, back = _extremes(logits, sets, threshold, vjp=True)
+        e, back_gap = P.exp_gap_vjp(zmax, zmin)
+        w = weights.to(e.device, e.dtype)
+        h = torch.where(sets["valid"], torch.clamp(e, min=0), 0.0) @ w
+
+        def vjp(lam):  # backward of rank_loss's product, of the valid terms' where, of the clamp, of exp_gap
+            return back(*back_gap(torch.where(e > 0, torch.where(sets["valid"], torch.outer(lam, w), 0.0), 0.0)))
+    return h, _goal(sets, zmax, zmin, weights), lambda: _progress(sets, zmax, zmin, weights), vjp
 
 
 def rank_terms(logits: torch.Tensor, omega_minus: torch.Tensor, omega_plus: torch.Tensor,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import validate as V
 from ._core import AttackResult, setup
 from ._driver import run_search
-from .losses import cw_hinge, cw_margin, cw_progress
+from .losses import cw_margin, cw_progress, cw_step
 
 HINGE_SPACES = ("probability", "logit")
 
@@ -65,10 +65,11 @@ def ml_cw(model, x, y, A=None, B=None, *, generator=None, progress=True, lambda_
 
     def hinge(logits, S):
         t = S.target
-        h = cw_hinge(logits, t.y_star, t.constrained, kappa, space=hinge_space)
+        h, vjp = cw_step(logits, t.y_star, t.constrained, kappa, space=hinge_space)  # cw_hinge, its gradient by hand
         if hinge_space == "logit":
-            return h, None, h  # the run's goal: every constraint counted by `count` (the driver counts once)
-        return h, None, lambda: cw_progress(logits, t.y_star, t.constrained, kappa)  # read at early-abort checks only
+            return h, None, h, vjp  # the run's goal: every constraint counted by `count` (the driver counts once)
+        # the progress measure is read at early-abort checks only
+        return h, None, lambda: cw_progress(logits, t.y_star, t.constrained, kappa), vjp
 
     return run_search("ml_cw", rt, x, goal, hinge, progress, "constraints", "constraints", lambda_init=lambda_init,
                       n_search=n_search, max_iter=max_iter, lr=lr, tanh_eps=tanh_eps, check_every=check_every,
