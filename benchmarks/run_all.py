@@ -5,9 +5,10 @@
 Sections (each figure is stored with the machine it was taken on):
 
 1. throughput: per iterative attack, attack image-steps/s over the model's plain forward+backward
-   image-steps/s at the same batch (ceiling 1.0), measured in one process, interleaved, median of
-   repeats, on a fixed batch (one λ run of ``steps`` iterations, early abort off), plus a profile of
-   where an attack step's time goes (kernels per step and CPU time by source function);
+   image-steps/s at the same batch (ceiling 1.0), step by step (each attack step is followed by one
+   baseline step, :class:`StepClock`), median of repeats, on a fixed batch (one λ run of ``steps``
+   iterations, early abort off), plus a profile of where an attack step's time goes (kernels per step
+   and CPU time by source function);
 2. speed-up of the batched kernel over attacking the images one at a time (same work);
 3. shrinking (:mod:`benchmarks.bench_shrinking`); 4. peak memory (:mod:`benchmarks.bench_memory`);
 5. the paper preset's cost on a GPU (:mod:`benchmarks.bench_gpu_paper`; skipped without CUDA).
@@ -15,9 +16,12 @@ Sections (each figure is stored with the machine it was taken on):
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import statistics
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from benchmarks.attack_throughput import ITERATIVE
 from benchmarks.machine import describe, load_average, machine_info
 from mlnb import attacks
 from mlnb.attacks._core import Runtime
+from mlnb.attacks import _driver, deepfool
 from mlnb.attacks.deepfool import jacobian_rows
 from mlnb.presets import get_preset
 from mlnb.utils import atomic_write_text, project_root, resolve_device, write_json
@@ -44,7 +49,7 @@ class BenchConfig:
     batch: int | None  # images per attack call in the throughput section (None: the preset's attack_batch_size)
     steps: int  # Adam steps per timed call (search attacks)
     dp_steps: int  # greedy steps per timed ML-DP call
-    repeats: int  # interleaved repeats, the median is reported
+    repeats: int  # repeats, the median is reported
     n_single: int  # images attacked one at a time for the speed-up
     profile_steps: int  # steps under torch.profiler
     shrink_batch: int  # mixed-difficulty batch of the shrinking section
@@ -54,9 +59,9 @@ class BenchConfig:
 
 
 CONFIGS = {
-    "default": BenchConfig("default", batch=None, steps=20, dp_steps=2, repeats=5, n_single=3, profile_steps=2,
-                           shrink_batch=24, shrink_params=(4, 60), shrink_repeats=1, memory_steps=2),
-    "smoke": BenchConfig("smoke", batch=4, steps=2, dp_steps=1, repeats=1, n_single=1, profile_steps=1,
+    "default": BenchConfig("default", batch=None, steps=20, dp_steps=4, repeats=7, n_single=3, profile_steps=2,
+                           shrink_batch=24, shrink_params=(4, 60), shrink_repeats=5, memory_steps=2),
+    "smoke": BenchConfig("smoke", batch=4, steps=3, dp_steps=2, repeats=1, n_single=1, profile_steps=1,
                          shrink_batch=4, shrink_params=(2, 3), shrink_repeats=1, memory_steps=1),
 }
 
@@ -92,49 +97,115 @@ def run_attack(name: str, wl: Workload, sl, params: dict):
     return attacks.ATTACKS[name](wl.model, x, y, A, B, progress=False, **no_early_abort(name, params))
 
 
+class StepClock:
+    """A progress bar for :func:`mlnb.attacks._core.progress_bar` that times every step of an attack and,
+    right after each, one step of the baseline on as many images (``baseline(k)``): each attack step is
+    compared with a baseline step taken milliseconds later, so that the load of a shared machine, which
+    drifts within seconds, changes both alike. ``attack``, ``base``: seconds per step; ``images``: the
+    images of each step; ``in_baseline``: all the seconds spent in the baseline."""
+
+    def __init__(self, total: int, baseline) -> None:
+        self.total, self.n, self.baseline = total, 0, baseline
+        self.attack, self.base, self.images, self.in_baseline = [], [], [], 0.0
+        self._last = 0.0
+
+    def __enter__(self):
+        self._last = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, k: int) -> None:
+        if k <= 0:
+            return
+        now = time.perf_counter()
+        self.n += k
+        self.baseline(k)
+        done = time.perf_counter()
+        self.attack.append(now - self._last)
+        self.base.append(done - now)
+        self.images.append(k)
+        self.in_baseline += done - now
+        self._last = time.perf_counter()
+
+
+@contextmanager
+def step_clock(baseline):
+    """Within the block every attack call reports to a fresh :class:`StepClock` (appended to the list
+    this yields) instead of its tqdm bar."""
+    clocks = []
+
+    def make(total, progress, desc):
+        clocks.append(StepClock(total, baseline))
+        return clocks[-1]
+
+    saved = _driver.progress_bar, deepfool.progress_bar
+    _driver.progress_bar = deepfool.progress_bar = make
+    try:
+        yield clocks
+    finally:
+        _driver.progress_bar, deepfool.progress_bar = saved
+
+
 def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log) -> dict:
-    """Attack vs plain forward+backward image-steps/s at one batch, interleaved, median of repeats."""
+    """Attack vs plain forward+backward image-steps/s at one batch, step by step, median of repeats.
+
+    Every attack step is followed by one baseline step on as many images (:class:`StepClock`): ML-CW and
+    Rank I/II against a plain forward+backward w.r.t. the input, ML-DP against its greedy step's Jacobian
+    (one forward, one backward per label of A ∪ B). A repeat's ratio is its baseline time over its attack
+    time, summed over the steps after the first; ``ratio_per_call`` also charges the call's fixed cost
+    (validation, the clean and final forwards) to the steps."""
     n, all_rows = wl.x.shape[0], slice(None)
     rt = Runtime(wl.model)
     cols = dp_cols(wl.A, wl.B)
+    base_fns = {"ml_dp": lambda k: jacobian_rows(rt, wl.x[:k], cols)}
     for _ in range(2):  # warm-up (allocator, oneDNN primitive cache)
         fwd_bwd(wl.model, wl.x)
-    run_attack("ml_cw", wl, slice(0, 2), steady_params("ml_cw", 2, 1))
+    for name in ITERATIVE:
+        run_attack(name, wl, all_rows, steady_params(name, 2, 1))
     raw = defaultdict(lambda: defaultdict(list))
     for r in range(cfg.repeats):
         for name in ITERATIVE:
-            params = steady_params(name, cfg.steps, cfg.dp_steps)
-            k = params["max_iter"]
-            if name == "ml_dp":  # ceiling of a greedy step: one forward + one backward per label of A ∪ B
-                base, _ = timed(lambda: [jacobian_rows(rt, wl.x, cols) for _ in range(k)], device)
-            else:
-                base, _ = timed(lambda: [fwd_bwd(wl.model, wl.x) for _ in range(k)], device)
-            fwd, _ = timed(lambda: forward_only(wl.model, wl.x), device)
-            t, res = timed(lambda: run_attack(name, wl, all_rows, params), device)
-            for key, v in (("base_s", base), ("attack_s", t), ("forward_s", fwd),
-                           ("image_steps", float(res.iterations.sum()))):
-                raw[name][key].append(v)
-        log(f"  throughput repeat {r + 1}/{cfg.repeats} (ratio per call): " + "  ".join(
-            f"{a} {raw[a]['image_steps'][-1] / raw[a]['attack_s'][-1] / (n * _k(a, cfg) / raw[a]['base_s'][-1]):.2f}"
-            for a in ITERATIVE))
+            params = {**steady_params(name, cfg.steps, cfg.dp_steps), **({} if name == "ml_dp" else {"check_every": 1})}
+            base_fn = base_fns.get(name, lambda k: fwd_bwd(wl.model, wl.x[:k]))
+            with step_clock(lambda k: (base_fn(k), sync(device))) as clocks:
+                t, res = timed(lambda: run_attack(name, wl, all_rows, params), device)
+            (c,) = clocks
+            # not steps: the first interval (the call's set-up) and ML-DP's last (its final evaluation)
+            keep = slice(1, -1 if name == "ml_dp" else None)
+            attack, base, images = sum(c.attack[keep]), sum(c.base[keep]), sum(c.images[keep])
+            d, nan = raw[name], float("nan")
+            if not images:  # every image finished in its first step (ML-DP): no step to time
+                attack = base = images = nan
+            d["ratio"].append(base / attack)
+            d["per_call"].append(float(res.iterations.sum()) / (t - c.in_baseline) / (images / base))
+            d["step_ratios"].extend(b / a for b, a in zip(c.base[keep], c.attack[keep]))
+            d["attack_rate"].append(images / attack)
+            d["base_rate"].append(images / base)
+            d["attack_s"].append(t - c.in_baseline)
+        log(f"  throughput repeat {r + 1}/{cfg.repeats} (ratio): " + "  ".join(
+            f"{a} {raw[a]['ratio'][-1]:.2f}" for a in ITERATIVE))
     out = {}
     for name in ITERATIVE:
-        d = raw[name]
-        k = steady_params(name, cfg.steps, cfg.dp_steps)["max_iter"]
-        # the call's own bookkeeping forwards (clean scores, final scores) are not attack steps: subtract
-        # two forwards (median over all repeats), never more than a quarter of the call
-        fwd = median([f for a in ITERATIVE for f in raw[a]["forward_s"]])
-        loop = [max(t - 2 * fwd, 0.75 * t) for t in d["attack_s"]]
-        per_step = [s / lt / (n * k / b) for s, lt, b in zip(d["image_steps"], loop, d["base_s"])]
-        per_call = [s / t / (n * k / b) for s, t, b in zip(d["image_steps"], d["attack_s"], d["base_s"])]
-        out[name] = {"ratio": median(per_step), "ratio_per_call": median(per_call), "ratio_repeats": per_step,
-                     "attack_image_steps_per_s": median([s / lt for s, lt in zip(d["image_steps"], loop)]),
-                     "baseline_image_steps_per_s": median([n * k / b for b in d["base_s"]]),
+        d = {k: [v for v in vs if math.isfinite(v)] if k != "attack_s" else vs for k, vs in raw[name].items()}
+        med = (lambda vs: median(vs) if vs else float("nan"))
+        out[name] = {"ratio": med(d["ratio"]), "ratio_per_call": med(d["per_call"]), "ratio_repeats": raw[name]["ratio"],
+                     "ratio_quartiles": _quartiles(d["ratio"]), "step_ratio_quartiles": _quartiles(d["step_ratios"]),
+                     "attack_image_steps_per_s": med(d["attack_rate"]),
+                     "baseline_image_steps_per_s": med(d["base_rate"]),
                      "baseline": ("forward + one backward per label of A ∪ B (%d labels)" % len(cols)
                                   if name == "ml_dp" else "forward + backward w.r.t. the input"),
-                     "batch": n, "steps_per_call": k, "attack_seconds": d["attack_s"], "baseline_seconds": d["base_s"],
-                     "forward_seconds": d["forward_s"]}
+                     "batch": n, "steps_per_call": _k(name, cfg), "attack_seconds": d["attack_s"]}
     return out
+
+
+def _quartiles(values: list) -> list:
+    """First and third quartile of the values (their spread), empty for fewer than 4."""
+    if len(values) < 4:
+        return []
+    q = statistics.quantiles(sorted(values), n=4)
+    return [q[0], q[2]]
 
 
 def bench_speedup(wl: Workload, cfg: BenchConfig, device: torch.device, batched_seconds: dict) -> dict:
@@ -230,13 +301,19 @@ def summary_markdown(res: dict) -> str:
              f"Total {res['seconds']:.0f} s. Reproduce: `python -m benchmarks.run_all --preset {res['preset']}`.", "",
              "## Attack throughput over the model's forward+backward (ceiling 1.0, goal >= 0.9)", "",
              f"{res['workload']}; batch {cfg['batch']}, one λ run of {cfg['steps']} steps (ML-DP: "
-             f"{cfg['dp_steps']} greedy steps), early abort off, median of {cfg['repeats']} interleaved repeats.", "",
-             "| attack | attack img-steps/s | fwd+bwd img-steps/s | ratio | ratio incl. call setup | batched vs one at a time |",
-             "|---|---|---|---|---|---|"]
+             f"{cfg['dp_steps']} greedy steps), early abort off. Every attack step is followed by one baseline step "
+             "on as many images, so that both are timed within milliseconds of each other; a repeat's ratio is the "
+             "baseline's time over the attack's, summed over its steps after the first; median and quartiles of "
+             f"{cfg['repeats']} repeats. The last ratio also charges the call's fixed cost (validation, the clean "
+             "and final forwards) to its steps.", "",
+             "| attack | attack img-steps/s | fwd+bwd img-steps/s | ratio | quartiles | ratio per call "
+             "| batched vs one at a time |", "|---|---|---|---|---|---|---|"]
     for name, r in res["throughput"].items():
         sp = res["speedup"][name]["speedup"]
+        q = r.get("ratio_quartiles") or []
         lines.append(f"| {name} | {_fmt(r['attack_image_steps_per_s'], 1)} | {_fmt(r['baseline_image_steps_per_s'], 1)} "
-                     f"| **{_fmt(r['ratio'])}** | {_fmt(r['ratio_per_call'])} | {_fmt(sp, 1)}x |")
+                     f"| **{_fmt(r['ratio'])}** | {' - '.join(_fmt(v) for v in q) or 'n/a'} "
+                     f"| {_fmt(r['ratio_per_call'])} | {_fmt(sp, 1)}x |")
     lines += ["", "ML-DP's baseline is one forward plus one backward per label of A ∪ B (its greedy step's "
               "Jacobian), so its ratio is comparable to the others; images leave its batch as they succeed."]
     prof = res["profile"]
@@ -282,16 +359,15 @@ def explain_bounds(res: dict) -> str:
     if not low:
         return ""
     prof = res["profile"]
-    base, cw = prof["baseline"], prof["ml_cw"]
-    extra = [(g, r) for g, r in cw["groups"].items() if g != "model forward"
-             and not g.startswith("backward: ") or g in ("backward: TanhBackward0", "backward: PowBackward0",
-                                                          "backward: SubBackward0", "backward: MulBackward0")]
+    base, cw, r2 = prof["baseline"], prof["ml_cw"], prof["rank2"]
+    extra = [(g, r) for g, r in cw["groups"].items() if g != "model forward" and not g.startswith("backward: ")]
     top = ", ".join(f"{g} ({r['kernels_per_step']:.0f} kernels, {r['ms_per_step']:.1f} ms)" for g, r in extra[:4])
     return (f"{', '.join(low)} below {GOAL}. A plain forward+backward launches {base['kernels_per_step']:.0f} "
-            f"kernels per step, an ML-CW step {cw['kernels_per_step']:.0f}: the extra ones are image-sized "
-            f"element-wise passes outside the model (largest: {top}). On a small CNN each such pass costs "
-            "a fixed share of a step, and on a busy CPU each parallel kernel also waits for its OpenMP "
-            "threads, so the ratio is bounded by the number of image-sized kernels of the loop.")
+            f"kernels per step, an ML-CW step {cw['kernels_per_step']:.0f} and a Rank II step "
+            f"{r2['kernels_per_step']:.0f}: the extra ones are the image-sized passes the algorithm needs (the "
+            "change of variables, the float64 distortion, Adam) and the float64 loss arithmetic on (N, L) tensors "
+            f"(largest groups of ML-CW: {top}). Their cost grows with the image, not with the model, so it weighs "
+            "more on this small CNN than on Inception-v3.")
 
 
 def main(argv=None) -> dict:

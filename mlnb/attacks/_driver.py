@@ -69,8 +69,11 @@ def _col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _set_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor, host: bool) -> torch.Tensor:
     """``dst`` with the rows of ``mask`` taken from ``src``: only those rows are copied on CPU (the
-    caller knows that ``mask`` is not empty), a branch-free ``where`` elsewhere."""
+    caller knows that ``mask`` is not empty; all of them in one pass when every row is taken), a
+    branch-free ``where`` elsewhere."""
     if host:
+        if bool(mask.all()):
+            return dst.copy_(src)
         rows = mask.nonzero().flatten()
         return dst.index_copy_(0, rows, src.index_select(0, rows))
     return torch.where(_col(mask, dst), src, dst)
