@@ -103,7 +103,8 @@ PRESETS: dict[str, Preset] = {
             "fgs": {"eps_max": 10 / 255, "n_eps": 11},
             "fg": {"eps_max": 10 / 255, "n_eps": 11},
             # 5 searches x 150 steps: the faithful ML-CW flips 91.5% of A (0% of B changed) on the 100
-            # random-case images of notebook 06 (x100: 89.5%, x200: 93%); the same budget for Rank I / II
+            # random-case images of notebook 06 with the model trained on an AMD EPYC (x100: 89.5%, x200: 93%),
+            # 88.5% with the one trained on an Intel Xeon (README); the same budget for Rank I / II
             "ml_cw": {"lambda_init": 10.0, "n_search": 5, "max_iter": 150, "lr": 1e-2},
             "ml_dp": {"max_iter": 20},
             "rank1": {"lambda_init": 10.0, "n_search": 5, "max_iter": 150, "lr": 1e-2},
