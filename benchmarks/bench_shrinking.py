@@ -12,8 +12,8 @@ abort on in both):
   implementations that stop only when the whole batch is done.
 
 The image-forwards counted by a wrapper around the model are load-independent; the wall times are
-medians of interleaved repeats (the speed-up is the median of each repeat's fixed / shrink ratio). The active batch size at the quartiles of the call shows the
-finished images leaving it.
+medians of interleaved repeats (the speed-up is the median of each repeat's fixed / shrink ratio).
+The active batch size at the quartiles of the call shows the finished images leaving it.
 
 Both give identical per-image results (checked), so the success rate is equal by construction; the
 difference is the time to result. Run alone: ``python -m benchmarks.bench_shrinking --preset smoke``.

@@ -188,16 +188,20 @@ def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log) 
             f"{a} {raw[a]['ratio'][-1]:.2f}" for a in ITERATIVE))
     out = {}
     for name in ITERATIVE:
-        d = {k: [v for v in vs if math.isfinite(v)] if k != "attack_s" else vs for k, vs in raw[name].items()}
-        med = (lambda vs: median(vs) if vs else float("nan"))
-        out[name] = {"ratio": med(d["ratio"]), "ratio_per_call": med(d["per_call"]), "ratio_repeats": raw[name]["ratio"],
+        d = {k: [v for v in vs if math.isfinite(v)] for k, vs in raw[name].items()}
+        out[name] = {"ratio": _median(d["ratio"]), "ratio_per_call": _median(d["per_call"]),
+                     "ratio_repeats": raw[name]["ratio"],
                      "ratio_quartiles": _quartiles(d["ratio"]), "step_ratio_quartiles": _quartiles(d["step_ratios"]),
-                     "attack_image_steps_per_s": med(d["attack_rate"]),
-                     "baseline_image_steps_per_s": med(d["base_rate"]),
+                     "attack_image_steps_per_s": _median(d["attack_rate"]),
+                     "baseline_image_steps_per_s": _median(d["base_rate"]),
                      "baseline": ("forward + one backward per label of A ∪ B (%d labels)" % len(cols)
                                   if name == "ml_dp" else "forward + backward w.r.t. the input"),
                      "batch": n, "steps_per_call": _k(name, cfg), "attack_seconds": d["attack_s"]}
     return out
+
+
+def _median(values: list) -> float:
+    return median(values) if values else float("nan")
 
 
 def _quartiles(values: list) -> list:

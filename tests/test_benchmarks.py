@@ -52,3 +52,34 @@ def test_benchmark_suite_smoke(tmp_path, monkeypatch):
     for name in ITERATIVE:
         assert f"| {name} |" in summary
     assert "Machine:" in summary
+
+
+def test_step_clock_pairs_every_attack_step_with_one_baseline_step(monkeypatch):
+    # the throughput section's clock: one update per attack step (check_every=1), each followed by exactly one
+    # baseline call on as many images; the first interval is the call's set-up (not a step)
+    import torch
+
+    root = project_root()
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import run_all
+    from mlnb import attacks
+    from mlnb.attacks import _driver
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.zeros(6, 5, dtype=torch.bool)
+    y[:, 0] = True
+    A = torch.zeros_like(y)
+    A[:, 1] = True
+    B = ~A
+    calls = []
+    saved = _driver.progress_bar
+    with run_all.step_clock(calls.append) as clocks:
+        attacks.ml_cw(model, x, y, A, B, progress=False, lambda_init=1.0, n_search=1, max_iter=4, check_every=1,
+                      early_abort=False)
+    assert _driver.progress_bar is saved  # restored
+    (clock,) = clocks
+    assert len(clock.images) == 4 and calls == clock.images and len(clock.attack) == len(clock.base) == 4
+    assert all(k == clock.images[0] for k in clock.images) and 1 <= clock.images[0] <= 6
+    assert all(t > 0 for t in clock.attack) and all(t >= 0 for t in clock.base)
