@@ -228,22 +228,32 @@ def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
 
 def tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
     """Unvalidated kernel of :func:`kendall_tau_b` (one implementation, two doors: validate at the
-    boundary, not in the loop), used by the attack driver (which calls it every
-    step on ``(n, L)`` logits). ``y_tau`` may be integer, bool or float; the result has the dtype of
+    boundary, not in the loop). ``y_tau`` may be integer, bool or float; the result has the dtype of
     ``scores`` (float32 logits are safe: only signs of differences and integer pair counts are used).
     NaN where a row of ``scores`` or ``y_tau`` is constant."""
     if scores.dtype in (torch.float16, torch.bfloat16):  # their pair counts overflow / round (L >= 17)
         return tau_b_kernel(scores.float(), y_tau).to(scores.dtype)
-    dx = torch.sign(scores[:, :, None] - scores[:, None, :])
+    return tau_b_from_parts(scores, tau_b_parts(y_tau, scores.dtype))
+
+
+def tau_b_parts(y_tau: torch.Tensor, dtype: torch.dtype) -> dict:
+    """What τ_b reads of the criterion ``y_tau`` ``(N, L)``, for a caller that reuses it (the attack driver
+    makes it once per target and scores every step): the signs of its pair differences ``dy`` ``(N, L, L)``
+    and its count of untied pairs ``ny`` ``(N,)``, both in ``dtype`` (the scores'), and ``ok``: ``ny > 0``."""
     t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
-    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dx.dtype)
-    num = (dx * dy).sum((1, 2))
-    nx = (dx != 0).sum((1, 2))
+    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dtype)
     ny = (dy != 0).sum((1, 2))
-    den = torch.sqrt(_float(nx, scores) * _float(ny, scores))
-    ok = (nx > 0) & (ny > 0)
+    return {"dy": dy, "ny": ny.to(dtype), "ok": ny > 0}
+
+
+def tau_b_from_parts(scores: torch.Tensor, parts: dict) -> torch.Tensor:
+    """:func:`tau_b_kernel` of float32/float64 ``scores`` on the criterion's :func:`tau_b_parts`."""
+    dx = torch.sign(scores[:, :, None] - scores[:, None, :])
+    num = (dx * parts["dy"]).sum((1, 2))
+    nx = (dx != 0).sum((1, 2))
+    den = torch.sqrt(_float(nx, scores) * parts["ny"])
     out = (num / den.clamp(min=1)).clamp(-1.0, 1.0)
-    return torch.where(ok, out, torch.full_like(out, math.nan))
+    return torch.where((nx > 0) & parts["ok"], out, torch.full_like(out, math.nan))
 
 
 # ----------------------------------------------------------------------------- attack evaluation

@@ -525,18 +525,19 @@ def test_the_progress_bar_advances_at_every_check_not_only_at_the_end(setup, mon
 def test_an_undefined_tau_ranks_below_every_defined_one():
     """All scores tied: Kendall's tau-b is undefined (NaN) and the search's selection key puts it at -2,
     below the worst defined value (-1)."""
-    from mlnb.attacks._state import _tau, tau_parts
+    from mlnb.attacks._state import _tau
+    from mlnb.metrics import tau_b_parts
 
-    ytau = tau_parts(torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8), torch.float32)
+    ytau = tau_b_parts(torch.tensor([[-2, -1, 0, 1, 2]], dtype=torch.int8), torch.float32)
     assert _tau(torch.zeros(1, 5), ytau).item() == -2.0
     assert _tau(torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0]]), ytau).item() == pytest.approx(-1.0)
 
 
 def test_the_search_tau_is_kendalls_tau_b_to_the_bit():
-    """The driver's selection key reads the criterion's pair signs made once per target (tau_parts); it is
+    """The driver's selection key reads the criterion's pair signs made once per target (tau_b_parts); it is
     metrics.tau_b_kernel to the bit (NaN -> -2), ties, constant rows and non-finite logits included."""
-    from mlnb.attacks._state import _tau, tau_parts
-    from mlnb.metrics import tau_b_kernel
+    from mlnb.attacks._state import _tau
+    from mlnb.metrics import tau_b_kernel, tau_b_parts
 
     g = torch.Generator().manual_seed(0)
     z = (torch.randn(60, 10, generator=g) * 5).round(decimals=1)
@@ -544,7 +545,7 @@ def test_the_search_tau_is_kendalls_tau_b_to_the_bit():
     ytau = torch.randint(-2, 3, (60, 10), generator=g).to(torch.int8)
     ytau[4] = 1  # a constant criterion
     want = torch.nan_to_num(tau_b_kernel(z, ytau), nan=-2.0)
-    assert torch.equal(_tau(z, tau_parts(ytau, z.dtype)).view(torch.int32), want.view(torch.int32))
+    assert torch.equal(_tau(z, tau_b_parts(ytau, z.dtype)).view(torch.int32), want.view(torch.int32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -50,10 +50,11 @@ from typing import Callable
 import torch
 
 from .. import validate as V
+from ..metrics import tau_b_parts
 from ..target import Target
 from ._core import AttackResult, Runtime, finalize, progress_bar, run_in_chunks, select_rows
 from ._state import (Iterate, SearchState, _tau, better, collect_trace, from_w,  # noqa: F401 (from_w: public here)
-                     state_block, step_constants, tau_parts, to_w, trace_row)
+                     state_block, step_constants, to_w, trace_row)
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -132,7 +133,7 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
     with torch.no_grad():
         logits0 = rt.logits(x)
     n_met0 = count(logits0, S)
-    S.tau_parts = tau_parts(target.y_tau, logits0.dtype) if need_tau else None  # made once, rows follow
+    S.tau_parts = tau_b_parts(target.y_tau, logits0.dtype) if need_tau else None  # made once, rows follow
     tau0 = _tau(logits0, S.tau_parts) if need_tau else logits0.new_zeros(n)  # no rule reads it otherwise
     S.best = Iterate(best_x, n_met0, tau0, zeros.clone())
     S.run_best = Iterate(run_best_x, torch.full_like(n_met0, -1), torch.full_like(tau0, -torch.inf),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..metrics import tau_b_from_parts
 from ..target import Target
 
 _KEYS = {"constraints": ("n_met",), "tau": ("tau",), "constraints_tau": ("n_met", "tau")}
@@ -45,16 +46,6 @@ def state_block(x: torch.Tensor, init: tuple, k: int) -> tuple:
     return views, buf[:cut].view(torch.float64).view(n, size)
 
 
-def tau_parts(y_tau: torch.Tensor, dtype: torch.dtype) -> dict:
-    """What Kendall's tau-b reads of the criterion ``y_tau`` (``(n, L)``), made once per target: the signs of
-    its pair differences ``dy`` ``(n, L, L)`` and its count of untied pairs ``ny`` (both in ``dtype``, the
-    logits'), and whether it has one, ``ok``, as :func:`mlnb.metrics.tau_b_kernel` computes them."""
-    t = y_tau if y_tau.is_floating_point() else y_tau.to(torch.int32)
-    dy = torch.sign(t[:, :, None] - t[:, None, :]).to(dtype)
-    ny = (dy != 0).sum((1, 2))
-    return {"dy": dy, "ny": ny.to(dtype), "ok": ny > 0}
-
-
 def step_constants(max_iter: int, betas: tuple, window: int, like: torch.Tensor) -> tuple:
     """The driver's per-step constants, indexed by k (steps already taken in the current λ run): Adam's
     decay factors (0 on a run's first step: m = v = 0 at a restart) and bias corrections for step k + 1
@@ -71,12 +62,9 @@ def step_constants(max_iter: int, betas: tuple, window: int, like: torch.Tensor)
 
 
 def _tau(logits: torch.Tensor, parts: dict) -> torch.Tensor:
-    """Kendall tau-b as a selection key: :func:`mlnb.metrics.tau_b_kernel` of float ``logits`` on the
-    criterion's :func:`tau_parts`, to the bit; an undefined tau (NaN) ranks below every defined one (-2)."""
-    dx = torch.sign(logits[:, :, None] - logits[:, None, :])
-    nx = dx.abs().sum((1, 2))  # untied score pairs, exactly (or NaN with a NaN score: tau is then -2 either way)
-    out = ((dx * parts["dy"]).sum((1, 2)) / torch.sqrt(nx * parts["ny"]).clamp(min=1)).clamp(-1.0, 1.0)
-    return torch.where((nx > 0) & parts["ok"], out, -2.0).nan_to_num_(nan=-2.0)
+    """Kendall tau-b as a selection key (:func:`mlnb.metrics.tau_b_from_parts` on the criterion's parts made
+    once per target): an undefined tau (NaN) ranks below every defined one (-2)."""
+    return tau_b_from_parts(logits, parts).nan_to_num_(nan=-2.0)
 
 
 @dataclass
@@ -127,7 +115,7 @@ class SearchState:
     best: Iterate  # best example so far (the clean image at first)
     best_lam: torch.Tensor  # (n,) float64 λ of the run that found `best` (NaN: the clean image)
     extra: dict  # per-image tensors an attack's loss reads (e.g. ranking masks), n rows each
-    tau_parts: dict | None = None  # the criterion's parts of Kendall's tau (tau_parts) when a rule reads tau
+    tau_parts: dict | None = None  # the criterion's parts of Kendall's tau (metrics.tau_b_parts) when a rule reads tau
 
 
 def trace_row(S: SearchState, live, loss, dist, h, n_met) -> dict:
