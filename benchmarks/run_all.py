@@ -83,11 +83,6 @@ def fwd_bwd(model, x: torch.Tensor) -> None:
     torch.autograd.grad(model(xg).sum(), xg)
 
 
-def forward_only(model, x: torch.Tensor) -> None:
-    with torch.no_grad():
-        model(x)
-
-
 def dp_cols(A: torch.Tensor, B: torch.Tensor) -> list[int]:
     return (A | B).any(0).nonzero().flatten().tolist()
 
