@@ -11,7 +11,8 @@ Sections (each figure is stored with the machine it was taken on):
    and CPU time by source function);
 2. speed-up of the batched kernel over attacking the images one at a time (same work);
 3. shrinking (:mod:`benchmarks.bench_shrinking`); 4. peak memory (:mod:`benchmarks.bench_memory`);
-5. the paper preset's cost on a GPU (:mod:`benchmarks.bench_gpu_paper`; skipped without CUDA).
+5. throughput as the model grows (:mod:`benchmarks.bench_model_scale`: the same ratios on larger
+   architectures); 6. the paper preset's cost on a GPU (:mod:`benchmarks.bench_gpu_paper`; skipped without CUDA).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import (Workload, finite_positive, load_workload, median, no_early_abort, sync, timed)
+from benchmarks import (SEARCH_ATTACKS, Workload, finite_positive, load_workload, median, no_early_abort, sync,
+                        timed)
+from benchmarks import bench_model_scale
 from benchmarks.attack_throughput import ITERATIVE
 from benchmarks.machine import describe, load_average, machine_info
 from mlnb import attacks
@@ -37,7 +40,6 @@ from mlnb.attacks.deepfool import jacobian_rows
 from mlnb.presets import get_preset
 from mlnb.utils import atomic_write_text, project_root, resolve_device, write_json
 
-SEARCH_ATTACKS = ("ml_cw", "rank1", "rank2")
 GOAL = 0.9
 
 
@@ -56,13 +58,19 @@ class BenchConfig:
     shrink_params: tuple  # (n_search, max_iter) of the shrinking section
     shrink_repeats: int
     memory_steps: int
+    scale_models: tuple  # (backbone, image_size, batch) of the section "throughput as the model grows"
+    scale_steps: int
+    scale_repeats: int
 
 
 CONFIGS = {
     "default": BenchConfig("default", batch=None, steps=20, dp_steps=4, repeats=7, n_single=3, profile_steps=2,
-                           shrink_batch=24, shrink_params=(4, 60), shrink_repeats=5, memory_steps=2),
+                           shrink_batch=24, shrink_params=(4, 60), shrink_repeats=5, memory_steps=2,
+                           scale_models=(("resnet18", 64, 16), ("inception_v3", 299, 4)), scale_steps=6,
+                           scale_repeats=3),
     "smoke": BenchConfig("smoke", batch=4, steps=3, dp_steps=2, repeats=1, n_single=1, profile_steps=1,
-                         shrink_batch=4, shrink_params=(2, 3), shrink_repeats=1, memory_steps=1),
+                         shrink_batch=4, shrink_params=(2, 3), shrink_repeats=1, memory_steps=1,
+                         scale_models=(("resnet18", 32, 2),), scale_steps=2, scale_repeats=1),
 }
 
 
@@ -143,25 +151,26 @@ def step_clock(baseline):
         _driver.progress_bar, deepfool.progress_bar = saved
 
 
-def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log) -> dict:
+def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log, names=ITERATIVE) -> dict:
     """Attack vs plain forward+backward image-steps/s at one batch, step by step, median of repeats.
 
     Every attack step is followed by one baseline step on as many images (:class:`StepClock`): ML-CW and
     Rank I/II against a plain forward+backward w.r.t. the input, ML-DP against its greedy step's Jacobian
     (one forward, one backward per label of A ∪ B). A repeat's ratio is its baseline time over its attack
     time, summed over the steps after the first; ``ratio_per_call`` also charges the call's fixed cost
-    (validation, the clean and final forwards) to the steps."""
+    (validation, the clean and final forwards) to the steps; ``extra_ms`` is the median over steps of an attack
+    step's time minus its paired baseline step's: what the attack adds to the model per step."""
     n, all_rows = wl.x.shape[0], slice(None)
     rt = Runtime(wl.model)
     cols = dp_cols(wl.A, wl.B)
     base_fns = {"ml_dp": lambda k: jacobian_rows(rt, wl.x[:k], cols)}
     for _ in range(2):  # warm-up (allocator, oneDNN primitive cache)
         fwd_bwd(wl.model, wl.x)
-    for name in ITERATIVE:
+    for name in names:
         run_attack(name, wl, all_rows, steady_params(name, 2, 1))
     raw = defaultdict(lambda: defaultdict(list))
     for r in range(cfg.repeats):
-        for name in ITERATIVE:
+        for name in names:
             params = {**steady_params(name, cfg.steps, cfg.dp_steps), **({} if name == "ml_dp" else {"check_every": 1})}
             base_fn = base_fns.get(name, lambda k: fwd_bwd(wl.model, wl.x[:k]))
             with step_clock(lambda k: (base_fn(k), sync(device))) as clocks:
@@ -176,17 +185,19 @@ def bench_throughput(wl: Workload, cfg: BenchConfig, device: torch.device, log) 
             d["ratio"].append(base / attack)
             d["per_call"].append(float(res.iterations.sum()) / (t - c.in_baseline) / (images / base))
             d["step_ratios"].extend(b / a for b, a in zip(c.base[keep], c.attack[keep]))
+            d["extra_s"].extend(a - b for b, a in zip(c.base[keep], c.attack[keep]))
             d["attack_rate"].append(images / attack)
             d["base_rate"].append(images / base)
             d["attack_s"].append(t - c.in_baseline)
         log(f"  throughput repeat {r + 1}/{cfg.repeats} (ratio): " + "  ".join(
-            f"{a} {raw[a]['ratio'][-1]:.2f}" for a in ITERATIVE))
+            f"{a} {raw[a]['ratio'][-1]:.2f}" for a in names))
     out = {}
-    for name in ITERATIVE:
+    for name in names:
         d = {k: [v for v in vs if math.isfinite(v)] for k, vs in raw[name].items()}
         out[name] = {"ratio": _median(d["ratio"]), "ratio_per_call": _median(d["per_call"]),
                      "ratio_repeats": raw[name]["ratio"],
                      "ratio_quartiles": _quartiles(d["ratio"]), "step_ratio_quartiles": _quartiles(d["step_ratios"]),
+                     "extra_ms": _median(d["extra_s"]) * 1e3,
                      "attack_image_steps_per_s": _median(d["attack_rate"]),
                      "baseline_image_steps_per_s": _median(d["base_rate"]),
                      "baseline": ("forward + one backward per label of A ∪ B (%d labels)" % len(cols)
@@ -325,6 +336,14 @@ def summary_markdown(res: dict) -> str:
         lines.append(f"- {g}: {_fmt(r['kernels_per_step'], 0)} kernels, {_fmt(r['ms_per_step'], 1)} ms")
     if res.get("bounds"):
         lines += ["", "What bounds a ratio below the goal: " + res["bounds"]]
+    scale = res.get("model_scale")
+    if scale:
+        lines += ["", "## Throughput as the model grows", "",
+                  "The ratios of the first table (its first row) and the same measurement on larger architectures "
+                  f"(random weights, random images, {scale['steps']} steps, median of {scale['repeats']} repeats). "
+                  "In brackets: the quartiles of the ratios of single steps (each attack step over its paired "
+                  "baseline step), the spread this machine puts on them.", ""]
+        lines += bench_model_scale.markdown(scale, scale["default_row"])
     sh = res["shrinking"]
     lines += ["", "## Early abort + batch shrinking vs a fixed budget", "", sh["workload"], "",
               "| attack | shrinking s | fixed-budget s | speed-up | image-forwards computed (shrink / fixed) | "
@@ -357,6 +376,8 @@ def explain_bounds(res: dict) -> str:
     low = [k for k, r in res["throughput"].items() if r["ratio"] < GOAL]
     if not low:
         return ""
+    scale = res.get("model_scale")
+    grown = bench_model_scale.sentence(scale, low, GOAL) if scale else ""
     prof = res["profile"]
     base, cw, r2 = prof["baseline"], prof["ml_cw"], prof["rank2"]
     extra = [(g, r) for g, r in cw["groups"].items() if g != "model forward" and not g.startswith("backward: ")]
@@ -365,8 +386,7 @@ def explain_bounds(res: dict) -> str:
             f"kernels per step, an ML-CW step {cw['kernels_per_step']:.0f} and a Rank II step "
             f"{r2['kernels_per_step']:.0f}: the extra ones are the image-sized passes the algorithm needs (the "
             "change of variables, the float64 distortion, Adam) and the float64 loss arithmetic on (N, L) tensors "
-            f"(largest groups of ML-CW: {top}). Their cost grows with the image, not with the model, so it weighs "
-            "more on this small CNN than on Inception-v3.")
+            f"(largest groups of ML-CW: {top}).{grown}")
 
 
 def main(argv=None) -> dict:
@@ -404,6 +424,11 @@ def main(argv=None) -> dict:
     spd = section("speed-up over one image at a time", lambda: bench_speedup(
         wl, cfg, device, {k: v["attack_seconds"] for k, v in thr.items()}))
     prof = section("profile", lambda: bench_profile(wl, cfg))
+    scale = section("throughput as the model grows", lambda: bench_model_scale.run(
+        cfg, cfg.scale_models, cfg.scale_steps, cfg.scale_repeats, device, log=log))
+    scale["default_row"] = {"backbone": preset.backbone, "image_size": preset.image_size, "batch": cfg.batch,
+                            "baseline_ms_per_step": cfg.batch / thr["ml_cw"]["baseline_image_steps_per_s"] * 1e3,
+                            "attacks": {a: {k: thr[a][k] for k in bench_model_scale.KEYS} for a in SEARCH_ATTACKS}}
     shr = section("shrinking vs fixed budget", lambda: bench_shrinking.run(
         preset, cfg.shrink_batch, cfg.shrink_params, cfg.shrink_repeats, device, synthetic=args.synthetic, log=log))
     mem = section("peak memory", lambda: bench_memory.run(cfg.preset, cfg.batch, cfg.memory_steps, device,
@@ -412,7 +437,7 @@ def main(argv=None) -> dict:
            section("paper preset on the GPU", lambda: bench_gpu_paper.run(device, log=log)))
     sync(device)
     res = {"preset": args.preset, "config": asdict(cfg), "machine": machine, "workload": wl.description,
-           "throughput": thr, "speedup": spd, "profile": prof, "shrinking": shr, "memory": mem,
+           "throughput": thr, "speedup": spd, "profile": prof, "model_scale": scale, "shrinking": shr, "memory": mem,
            "gpu_paper": gpu, "goal": GOAL, "loadavg_after": load_average(), "section_seconds": sections,
            "seconds": time.perf_counter() - t_start}
     res["bounds"] = explain_bounds(res)

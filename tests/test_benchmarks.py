@@ -47,11 +47,18 @@ def test_benchmark_suite_smoke(tmp_path, monkeypatch):
         assert _positive_finite(r["speedup"])
     assert set(res["memory"]["runs"]) == {"fwd_bwd", "ml_cw", "rank2", "ml_dp"}
     assert all(r["peak_bytes"] >= 0 for r in res["memory"]["runs"].values())
+    scale = res["model_scale"]
+    assert [r["backbone"] for r in scale["models"]] == [m[0] for m in res["config"]["scale_models"]]
+    for row in [scale["default_row"], *scale["models"]]:
+        assert _positive_finite(row["baseline_ms_per_step"])
+        assert set(row["attacks"]) == {"ml_cw", "rank1", "rank2"}
+        assert all(_positive_finite(r["ratio"]) and math.isfinite(r["extra_ms"]) for r in row["attacks"].values())
     assert "skipped" in res["gpu_paper"] or res["gpu_paper"]["runs"]
     summary = (tmp_path / "summary_smoke.md").read_text()
     for name in ITERATIVE:
         assert f"| {name} |" in summary
     assert "Machine:" in summary
+    assert "## Throughput as the model grows" in summary and "| resnet18 |" in summary
 
 
 def test_step_clock_pairs_every_attack_step_with_one_baseline_step(monkeypatch):
