@@ -4,8 +4,8 @@ measures the default (step by step, each attack step paired with one baseline st
 
 What it tests: whether the work an attack step adds to the model's forward+backward (the change of variables,
 the float64 distortion, Adam, the loss on the logits and the selection of the best iterate) grows with the
-model. It grows with the batch and the image, not with the layers, so the ratio should rise toward 1 as the
-model's step gets dearer; if the work grew with the model, the ratio would stay where it is on the default
+model. If it grows with the batch and the image only, not with the layers, the ratio rises toward 1 as the
+model's step gets dearer; if it grew with the model, the ratio would stay where it is on the default
 preset's small CNN. ``extra_ms`` (the median over steps of an attack step's time minus its paired baseline
 step's) is kept in the JSON; on a model whose step takes a second it is far below this machine's noise.
 Speed does not depend on the weights, so each architecture is randomly initialised and attacked on random
