@@ -12,8 +12,9 @@ import torch
 MAX_LISTED = 5  # how many offending images / labels a message lists before "..."
 
 
-def _listed(idx: torch.Tensor) -> str:
-    vals = idx.flatten().tolist()
+def _listed(idx) -> str:
+    """The first :data:`MAX_LISTED` of ``idx`` (a tensor or a list), with the count of the rest."""
+    vals = idx.flatten().tolist() if isinstance(idx, torch.Tensor) else list(idx)
     head = ", ".join(str(v) for v in vals[:MAX_LISTED])
     return head + (f", ... ({len(vals)} in all)" if len(vals) > MAX_LISTED else "")
 
@@ -144,11 +145,13 @@ def check_label_index(j, num_labels: int, names: Sequence[str] | None = None) ->
 
 
 def check_eval_model(model) -> None:
-    """The attacked model must be an ``nn.Module`` in eval mode."""
+    """The attacked model must be an ``nn.Module`` in eval mode, every submodule included."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        raise ValueError("model is in training mode (dropout / batch-norm statistics would change under "
+    training = [f"{name} ({type(m).__name__})" for name, m in model.named_modules() if m.training and name]
+    if model.training or training:
+        where = "" if model.training else f" in its submodules {_listed(training)}"
+        raise ValueError(f"model is in training mode{where} (dropout / batch-norm statistics would change under "
                          "attack): call model.eval() first")
 
 

@@ -564,3 +564,29 @@ def test_the_driver_state_block_hands_out_disjoint_filled_views(dtype):
     assert torch.equal(a, x)  # nothing else wrote into it
     ptrs = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in (a, b, c, *scratch, squares))
     assert all(end <= start for (_, end), (start, _) in zip(ptrs, ptrs[1:]))
+
+
+class _Float64Logits(torch.nn.Module):
+    """A float64 model whose label 0 sits at logit -1e-50 (negative) and cannot move, label 1 at +1: in float32
+    the first would round to -0.0, which reads as positive (``logit >= 0``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        s = x.flatten(1).sum(1) * self.w
+        return torch.stack([s - 1e-50, s + 1], 1)
+
+
+@pytest.mark.parametrize("name", sorted(attacks.ATTACKS))
+def test_float64_logits_are_not_rounded_to_float32(name):
+    # the target asks label 0 on; its logit stays at -1e-50 whatever the image, so no attack may report success
+    x = torch.full((2, 1, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.tensor([[False, True]] * 2)
+    A = torch.tensor([[True, False]] * 2)
+    kw = {"max_iter": 3} if name in ("ml_dp", "mla_lp") else ({} if name in ("fgs", "fg") else
+                                                               {"n_search": 1, "max_iter": 3})
+    res = attacks.ATTACKS[name](_Float64Logits().eval(), x, y, A, ~A, progress=False, **kw)
+    assert res.logits.dtype == torch.float64 and bool((res.logits[:, 0] < 0).all())
+    assert not bool(res.success.any())

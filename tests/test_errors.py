@@ -163,6 +163,64 @@ def test_model_in_training_mode_in_evaluate_attack(case):
         metrics.evaluate_attack(model.train(), x, x, y, A, B)
 
 
+def test_submodule_in_training_mode(case):
+    model, x, y, A, B = case
+    model.conv.train()  # the top level says eval, a layer does not
+    with raises(ValueError, "model is in training mode in its submodules conv (Conv2d)"):
+        attacks.fgs(model, x, y, A, B, **FAST)
+
+
+def test_images_require_grad(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "x requires grad (it is part of an autograd graph): pass x.detach()"):
+        attacks.ml_cw(model, x.requires_grad_(True), y, A, B, **FAST)
+
+
+def test_mask_not_a_tensor(case):
+    model, x, y, A, B = case
+    with raises(TypeError, "A must be a torch.Tensor of shape (N, L), got list"):
+        attacks.fgs(model, x, y, A.tolist(), B, **FAST)
+
+
+def test_kappa_beyond_probability_margin(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "kappa=0.6 can never hold in probability space"):
+        attacks.ml_cw(model, x, y, A, B, kappa=0.6, **FAST)
+
+
+def test_rank_weights_not_finite(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "weights must be 3 non-negative numbers"):
+        attacks.rank1(model, x, y, A, B, weights=(float("nan"), 1.0, 1.0), **FAST)
+
+
+def test_topk_with_one_label():
+    model = Tiny(1).eval()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with raises(ValueError, "top-k attacks need at least 2 labels"):
+        attacks.topk_untargeted(model, x, torch.ones(2, 1, dtype=torch.bool), **FAST)
+
+
+def test_topk_targets_among_true_labels(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "targets must be labels outside y"):
+        attacks.topk_targeted(model, x, y, y.clone(), k=2, **FAST)
+
+
+def test_topk_universal_image_without_labels(case):
+    model, x, y, A, B = case
+    y = y.clone()
+    y[1] = False
+    with raises(ValueError, "every image needs at least one true label in y for an untargeted top-k attack"):
+        attacks.topk_universal(model, x, y, **FAST)
+
+
+def test_topk_fooling_goal_above_one(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "fooling_goal is a rate in (0, 1]"):
+        attacks.topk_universal(model, x, y, fooling_goal=2.0, **FAST)
+
+
 def test_model_not_a_module(case):
     _, x, y, A, B = case
     with raises(TypeError, "model must be a torch.nn.Module"):

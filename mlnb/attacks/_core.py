@@ -26,8 +26,9 @@ class AttackResult:
     * ``x_adv`` ``(N, C, H, W)`` in ``[0, 1]``: the adversarial images (the clean image where the
       attack found nothing better, or where the image was already in the target state).
     * ``scores`` ``(N, L)``: probabilities of the model at ``x_adv`` (float32: they round to exactly
-      0 or 1 beyond a logit of about ±17, so decide and rank on ``logits``).
-    * ``logits`` ``(N, L)``: the model's logits at ``x_adv``; success, ``n_satisfied`` and every
+      0 or 1 beyond a logit of about ±17, so decide and rank on ``logits``; float64 for a float64 model).
+    * ``logits`` ``(N, L)``: the model's logits at ``x_adv`` (float32, or float64 for a model that returns
+      float64: :meth:`Runtime.logits`); success, ``n_satisfied`` and every
       ranking metric are computed from them (logit ``>= 0`` is positive: the 0.5 threshold, exactly).
     * ``success`` ``(N,)`` bool: every label of ``A`` flipped and every label of ``B`` kept at the
       0.5 threshold (``prob >= 0.5`` is positive), computed from ``scores``.
@@ -64,14 +65,16 @@ class Runtime:
     batch_size: int | None = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Model logits ``(n, L)`` in float32 (the forward may run under autocast)."""
+        """Model logits ``(n, L)``: float32, or float64 when the model returns float64 (never rounded down:
+        a logit of -1e-50 stays negative); half-precision outputs and autocast's are widened to float32."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is None:
-            return self.model(x).float()
-        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
             out = self.model(x)
-        return out.float()
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+                out = self.model(x)
+        return out if out.dtype == torch.float64 else out.float()
 
 
 def as_target(y, A, B) -> Target:
@@ -97,8 +100,12 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
     the runtime options. Returns how to call the model and the target."""
     V.check_eval_model(model)
     V.check_images(x, "x")
+    if x.requires_grad:
+        raise ValueError("x requires grad (it is part of an autograd graph): pass x.detach(); the attacks take "
+                         "their own gradients and return tensors outside your graph")
     if not isinstance(y, Target) and A is not None and B is not None:
-        V.check_label_matrix(y, "y")
+        for mask, name in ((y, "y"), (A, "A"), (B, "B")):
+            V.check_label_matrix(mask, name)
         V.check_same_rows(x=x, y=y, A=A, B=B)
     target = as_target(y, A, B)
     V.check_same_rows(x=x, y=target.y)

@@ -28,8 +28,7 @@ again every few steps, inside the model's own passes); Adam is updated in place 
 and restarts through a per-row decay factor (0 on a run's first step) instead of masked fills;
 Kendall's tau reads the criterion's pair signs made once per target; and on CPU (where a host decision
 is free) the image-sized best-so-far copies and the end-of-run bookkeeping run only on the steps and
-rows that need them. The arithmetic is the one of the plain formulation, so results are bit-identical
-to it.
+rows that need them. The arithmetic is the one of the plain formulation: results are bit-identical to it.
 
 The state reads like the algorithm (:class:`SearchState`): per image the Adam variables ``w, m, v``, the
 step within the current λ run, the λ run and the bounds of the binary search, the best iterate of the
@@ -38,8 +37,8 @@ Adam is written out rather than taken from ``torch.optim.Adam``: every image res
 own step (a run's first step decays them by 0) and has its own bias correction, which ``torch.optim``
 keeps per parameter tensor, not per image; a per-image optimizer per row would cost a Python loop.
 
-``trace=True`` records, at every step and for every active image, the loss, its two parts, λ, the λ run
-and the constraints met (:data:`TRACE_FIELDS`); it costs a host copy per step.
+``trace=True`` records, every step, for every active image, the loss, its two parts, λ, the λ run and the
+constraints met (:data:`TRACE_FIELDS`); it costs a host copy per step.
 
 Private to :mod:`mlnb.attacks`. Introduced in notebooks/03_ml_cw.ipynb.
 """
@@ -165,6 +164,8 @@ def optimize(rt: Runtime, x: torch.Tensor, target: Target, hinge: Callable, *, l
         h, goal, prog, vjp = hinge(logits, S)  # goal None: every constraint counted (count == n_constraints)
         # the gradient of sum λ h w.r.t. xa: through h's graph, or from the loss's own backward (vjp)
         (g,) = torch.autograd.grad(*(((S.lam * h).sum(), xa) if vjp is None else (logits, xa, vjp(S.lam))))
+        if not (g.is_contiguous() or g.is_contiguous(memory_format=torch.channels_last)):
+            g = g.contiguous()  # e.g. expanded by a model that sums or averages its input first: written in place below
         with torch.no_grad():
             torch.sub(xa, S.x0, out=d)
             dist = sq.copy_(d.view(sq.shape)).pow_(2).sum(1)

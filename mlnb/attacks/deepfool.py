@@ -41,10 +41,12 @@ def jacobian_rows(rt: Runtime, x: torch.Tensor, cols: list[int]) -> tuple[torch.
     rows are its own because the batch sum separates over images."""
     xg = x.detach().requires_grad_(True)
     logits = rt.logits(xg)
-    J = torch.zeros(x.shape[0], logits.shape[1], x[0].numel(), device=x.device, dtype=torch.float32)
+    # float32, or the dtype of float64 images and logits (never rounded down)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, logits.dtype), torch.float32)
+    J = torch.zeros(x.shape[0], logits.shape[1], x[0].numel(), device=x.device, dtype=dtype)
     for i, j in enumerate(cols):
         (g,) = torch.autograd.grad(logits[:, j].sum(), xg, retain_graph=i + 1 < len(cols))
-        J[:, j] = g.flatten(1).float()
+        J[:, j] = g.flatten(1)
     return logits.detach(), J
 
 

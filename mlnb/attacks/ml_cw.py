@@ -54,6 +54,9 @@ def ml_cw(model, x, y, A=None, B=None, *, generator=None, progress=True, lambda_
                      channels_last=channels_last)
     V.check_positive("kappa", kappa, allow_zero=True)
     V.check_choice("hinge_space", hinge_space, HINGE_SPACES)
+    if hinge_space == "probability" and kappa >= 0.5:
+        raise ValueError(f"kappa={kappa} can never hold in probability space (a probability is at most 0.5 past "
+                         "the 0.5 threshold): pass kappa < 0.5, or hinge_space='logit' for a margin in logits")
 
     def count(logits, S):
         """Constraints met *with the margin κ* (as Carlini & Wagner count an iterate adversarial only

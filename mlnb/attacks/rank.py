@@ -4,6 +4,8 @@ Introduced in notebooks/05_rank_attacks.ipynb.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import validate as V
@@ -32,7 +34,8 @@ def _rank_attack(name, n_terms, model, x, y, A, B, progress, *, lambda_init, n_s
     V.check_choice("select", select, RANK_SELECT_CHOICES)
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise ValueError(f"threshold must be None or a probability in (0, 1), got {threshold!r}")
-    if len(weights) != n_terms or any(not isinstance(v, (int, float)) or v < 0 for v in weights) or not any(weights):
+    if (len(weights) != n_terms or any(not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in weights)
+            or not any(weights)):
         raise ValueError(f"weights must be {n_terms} non-negative numbers, not all 0 "
                          f"(λ1..λ{n_terms} relative to λ), got {weights!r}")
     w = torch.zeros(N_RANK_TERMS, dtype=torch.float32, device=x.device)

@@ -118,6 +118,26 @@ def topk_kernel(rt, x: torch.Tensor, y: torch.Tensor, targets, *, k: int, eps: f
     return {"x_adv": best_x, "iterations": iters, "found": found}
 
 
+def _check_labels(y) -> None:
+    V.check_label_matrix(y, "y")
+    if y.shape[1] < 2:
+        raise ValueError(f"top-k attacks need at least 2 labels, but y has {y.shape[1]} column: a top-k set of a "
+                         "single label cannot change; use the threshold attacks (e.g. ml_cw) for one label")
+
+
+def _check_untargeted(y, k) -> None:
+    """An untargeted top-k attack exists for every image: a true label to push out, ``k`` others to take its place."""
+    _check_labels(y)
+    empty = ~y.any(1)
+    if bool(empty.any()):
+        raise ValueError(f"every image needs at least one true label in y for an untargeted top-k attack; images "
+                         f"{empty.nonzero().flatten().tolist()[:10]} have none: attack only images with labels")
+    V.check_int_range("k", k, 1, int(y.shape[1]) - 1)
+    if bool(((~y).sum(1) < k).any()):
+        raise ValueError(f"some images have fewer than k={k} labels outside y: no untargeted top-{k} attack "
+                         f"exists for them; pass a smaller k")
+
+
 def _check(k, eps, max_iter, lr, kappa, y):
     V.check_int_range("k", k, 1, int(y.shape[1]) - 1)
     V.check_positive("eps", eps)
@@ -148,15 +168,10 @@ def topk_untargeted(model, x, y, *, k: int = 1, eps: float = 10.0, max_iter: int
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    V.check_label_matrix(y, "y")
-    if not bool(y.any(1).all()):
-        raise ValueError("every image needs at least one true label in y for an untargeted top-k attack")
+    _check_untargeted(y, k)
     rt, goal = setup(model, x, Target(y, y, torch.zeros_like(y)), None, None, batch_size=batch_size,
                      autocast_dtype=autocast_dtype, channels_last=channels_last)
     _check(k, eps, max_iter, lr, kappa, y)
-    if bool(((~y).sum(1) < k).any()):
-        raise ValueError(f"some images have fewer than k={k} labels outside y: no untargeted top-{k} attack "
-                         f"exists for them; pass a smaller k")
     return _run(rt, x, goal, y, None, k=k, eps=eps, max_iter=max_iter, lr=lr, kappa=kappa, stop_early=True,
                 progress=progress, batch_size=batch_size, name="topk_untargeted")
 
@@ -174,9 +189,13 @@ def topk_targeted(model, x, y, targets, *, k: int = 3, eps: float = 10.0, max_it
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    V.check_label_matrix(y, "y")
+    _check_labels(y)
     V.check_label_matrix(targets, "targets", int(y.shape[1]))
     V.check_same_rows(y=y, targets=targets)
+    true = (targets & y).any(1)
+    if bool(true.any()):
+        raise ValueError(f"targets must be labels outside y, but images {true.nonzero().flatten().tolist()[:10]} have "
+                         "true labels among their targets: pass targets from topk_targets(logits, y, k)")
     n_t = targets.sum(1)
     if bool((n_t == 0).any()) or bool((n_t > k).any()):
         raise ValueError(f"every image needs between 1 and k={k} target labels, got counts "
@@ -214,7 +233,7 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    V.check_label_matrix(y, "y")
+    _check_untargeted(y, k)
     rt, goal = setup(model, x, Target(y, y, torch.zeros_like(y)), None, None, batch_size=None,
                      autocast_dtype=autocast_dtype, channels_last=channels_last)
     _check(k, eps, max_iter, lr, kappa, y)
@@ -222,6 +241,8 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
     V.check_int("passes", passes, 1)
     V.check_int("chunk", chunk, 1)
     V.check_positive("fooling_goal", fooling_goal)
+    if fooling_goal > 1:
+        raise ValueError(f"fooling_goal is a rate in (0, 1], got {fooling_goal}: pass e.g. fooling_goal=0.9")
     delta, rates, iters = torch.zeros_like(x[:1]), [], torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     bar = progress_bar(passes * x.shape[0] * max_iter, progress, "topk_universal")
     with bar:
