@@ -123,11 +123,12 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
     from .metrics import average_precision
-    from .validate import check_eval_model, check_label_matrix, check_same_rows
+    from .validate import check_eval_model, check_finite, check_label_matrix, check_positive, check_same_rows
 
     check_eval_model(model)
     check_images(x)
     check_label_matrix(y, "y")
+    check_positive("batch_size", batch_size, integer=True)
     purify = defense if defense is not None else (lambda t: t)
 
     def scores(t: torch.Tensor) -> torch.Tensor:
@@ -143,6 +144,7 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
         check_same_rows(x=x, x_adv=x_adv, y=y, A=A, B=B)
         target = Target(y, A, B)
         adv = scores(x_adv)
+        check_finite(adv, "the model's logits at the defended x_adv")
         ok = target.met(adv)
         out.update(adv_logits=adv, adv_scores=torch.sigmoid(adv), success=ok, success_rate=float(ok.float().mean()))
     return out

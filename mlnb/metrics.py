@@ -43,7 +43,7 @@ import math
 import torch
 
 from .target import LOGIT_THRESHOLD, THRESHOLD, Target
-from .validate import (check_eval_model, check_images, check_label_matrix, check_logits,
+from .validate import (check_eval_model, check_finite, check_images, check_label_matrix, check_logits,
                        check_positive, check_same_rows)
 
 METRIC_KEYS = ("rmsd", "hamming_A", "hamming_B", "f1", "ranking_loss", "map", "auc", "kendall_tau_b")  # per_image_metrics
@@ -60,8 +60,7 @@ def _check_scores(scores, name: str = "scores", *, probabilities: bool = False, 
     if scores.dim() != 2 or not scores.is_floating_point():
         raise ValueError(f"{name} must be a float tensor (N, L), got dtype {scores.dtype} and shape "
                          f"{tuple(scores.shape)}: pass one row of label {what} per image")
-    if not torch.isfinite(scores).all():
-        raise ValueError(f"{name} contains NaN or Inf: the metrics need finite {what}")
+    check_finite(scores, name, what)
     if probabilities and scores.numel() and (scores.min() < 0 or scores.max() > 1):
         raise ValueError(f"{name} must be probabilities in [0, 1], found values in "
                          f"[{float(scores.min()):.4g}, {float(scores.max()):.4g}]: pass torch.sigmoid(logits)")

@@ -102,6 +102,9 @@ class Target:
 
     def __getitem__(self, rows) -> "Target":
         """The target of some images: ``rows`` is a slice, an index tensor or an ``(N,)`` bool mask."""
+        if isinstance(rows, int):
+            raise TypeError(f"a Target keeps its image axis: index it with a slice (t[{rows}:{rows + 1}] for one "
+                            "image), an index tensor or a bool mask")
         return Target._trusted(self.y[rows], self.A[rows], self.B[rows], self.eligible[rows])
 
     def __iter__(self):
@@ -161,8 +164,12 @@ class Target:
     def constraints_met(self, logits: torch.Tensor) -> torch.Tensor:
         """Which constraints of Eq. (4) hold, ``(N, L)`` bool: True where label ``i ∈ A ∪ B`` is on its
         target side of the threshold, ``logit >= 0`` (``F_i >= 0.5``) for a positive ``y*_i``, ``< 0``
-        otherwise. ``logits`` ``(N, L)``: decide on logits, never on rounded probabilities."""
-        return self.constrained & ((logits >= LOGIT_THRESHOLD) == self.y_star)
+        otherwise. ``logits`` ``(N, L)`` float: decide on logits, never on rounded probabilities. A NaN logit
+        is on neither side: its constraint does not hold."""
+        if tuple(logits.shape) != tuple(self.y.shape) or not logits.is_floating_point():
+            raise ValueError(f"logits must be a float tensor of the target's shape {tuple(self.y.shape)} (N, L), got "
+                             f"{logits.dtype} of shape {tuple(logits.shape)}: pass the model's (N, L) logits")
+        return self.constrained & torch.where(self.y_star, logits >= LOGIT_THRESHOLD, logits < LOGIT_THRESHOLD)
 
     def n_satisfied(self, logits: torch.Tensor) -> torch.Tensor:
         """Constraints of Eq. (4) that hold per image, ``(N,)`` int64."""

@@ -42,7 +42,7 @@ from .metrics import LOGIT_THRESHOLD, hamming_loss, rmsd
 from .models import predict_logits
 from .paper.claims_stats import N_BOOT, boot_means, conjunction, decide, resample_weights
 from .target import Target
-from .validate import check_choice, check_eval_model, check_images, check_positive, check_same_rows
+from .validate import check_choice, check_eval_model, check_finite, check_images, check_positive, check_same_rows
 
 ENSEMBLE_MODES = ("stack", "mean")
 
@@ -50,7 +50,9 @@ ENSEMBLE_MODES = ("stack", "mean")
 class EnsembleModel(nn.Module):
     """``K`` models ``(N, C, H, W) -> (N, L)`` logits as one: ``"stack"`` -> ``(N, K·L)`` (member ``k``'s
     logits in columns ``k·L .. (k+1)·L - 1``; attack it with :func:`stack_target`), ``"mean"`` -> ``(N, L)``
-    the mean of the logits. Starts in eval mode when every member is in eval mode.
+    the mean of the logits. Starts in eval mode when every member is in eval mode; the members' own modes are
+    left as the caller set them (a member in training mode makes the attacks refuse the ensemble, naming it).
+    ``models``: a list (or ``nn.ModuleList``) of modules, or one module.
 
     >>> ens = EnsembleModel([surrogate_a, surrogate_b])
     >>> res = ml_cw(ens, x, stack_target(target, len(ens)))   # Eq. 5's hinge summed over both models
@@ -60,14 +62,16 @@ class EnsembleModel(nn.Module):
 
     def __init__(self, models, mode: str = "stack"):
         super().__init__()
-        models = list(models) if not isinstance(models, nn.Module) else [models]
+        as_list = not isinstance(models, nn.Module) or isinstance(models, nn.ModuleList)
+        models = list(models) if as_list else [models]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError("models must be a non-empty list of torch.nn.Module (each mapping images to (N, L) "
                             f"logits), got {[type(m).__name__ for m in models]}")
         check_choice("mode", mode, ENSEMBLE_MODES)
         self.members = nn.ModuleList(models)
         self.mode = mode
-        self.train(any(m.training for m in models))
+        # the ensemble's own mode follows its members; the members' modes are the caller's and are left alone
+        self.training = self.members.training = any(m.training for m in models)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -151,6 +155,7 @@ def evaluate_transfer(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, ta
     if logits.shape != goal.y.shape:
         raise ValueError(f"the model gives logits of shape {tuple(logits.shape)} but the target has "
                          f"{tuple(goal.y.shape)}: judge on a model of the target's L labels")
+    check_finite(logits, "the model's logits at x_adv")
     pred = logits >= LOGIT_THRESHOLD
     return {"success": goal.met(logits), "flip_A": 1 - hamming_loss(pred, goal.y_star, goal.A),
             "damage_B": hamming_loss(pred, goal.y_star, goal.B), "n_satisfied": goal.n_satisfied(logits),

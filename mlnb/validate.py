@@ -76,12 +76,20 @@ def check_images(x, name: str = "x") -> None:
                          f"scale 0-255 images by 1/255 and move normalisation into the model")
 
 
+def check_finite(t: torch.Tensor, name: str, what: str = "logits") -> None:
+    """Scores or logits must be finite: NaN would read as a decision (``NaN >= 0`` is False)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf: the metrics need finite {what}")
+
+
 def check_label_matrix(y, name: str = "y", num_labels: int | None = None) -> None:
     """Labels: a bool tensor ``(N, L)`` with ``L >= 1`` (``num_labels`` if given)."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, L), got {type(y).__name__}")
     if y.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, L), got shape {tuple(y.shape)}")
+    if y.shape[1] == 0:
+        raise ValueError(f"{name} has no label column (shape {tuple(y.shape)}): pass at least one label per image")
     if y.dtype != torch.bool:
         if y.is_floating_point() or y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
             vals = torch.unique(y).tolist()

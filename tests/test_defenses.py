@@ -177,3 +177,18 @@ def test_evaluate_defense_decides_success_with_the_target(x):
     assert "success_rate" not in out_j and 0 < out_j["clean_map"] <= 1
     with pytest.raises(ValueError, match="pass A and B"):
         D.evaluate_defense(model, None, x, yy, x)
+
+
+def test_evaluate_defense_checks_batch_size_and_nan_logits():
+    class NanOnDark(nn.Module):
+        def forward(self, x):
+            z = x.flatten(1)[:, :2] - 0.5
+            return torch.where(x.flatten(1)[:, :2].mean(1, keepdim=True) < 0.2, float("nan"), z)
+
+    x = torch.full((2, 1, 2, 2), 0.8)
+    y = torch.tensor([[True, False], [False, True]])
+    A, B = torch.tensor([[True, False], [False, True]]), torch.tensor([[False, True], [True, False]])
+    with pytest.raises(ValueError, match="batch_size must be"):
+        D.evaluate_defense(NanOnDark().eval(), None, x, y, batch_size=0)
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        D.evaluate_defense(NanOnDark().eval(), None, x, y, x * 0.1, A, B)

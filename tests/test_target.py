@@ -326,3 +326,17 @@ def test_tensors_without_b_are_refused_with_the_two_call_forms(problem, name):
     model, x, y, A, B = problem
     with pytest.raises(TypeError, match=r"attack\(model, x, y, A, B\)"):
         attacks.ATTACKS[name](model, x, y, A, progress=False, **FAST[name])
+
+
+def test_nan_logits_meet_no_constraint_and_bad_logits_are_refused():
+    y = torch.tensor([[True, False, False]])
+    t = Target(y, torch.tensor([[True, False, False]]), torch.tensor([[False, True, False]]))  # y* all negative
+    nan = torch.full((1, 3), float("nan"))
+    assert t.n_satisfied(nan).tolist() == [0] and not bool(t.met(nan).any())  # NaN >= 0 is False, yet not "negative"
+    assert t.n_satisfied(torch.tensor([[-1.0, -1.0, 5.0]])).tolist() == [2]  # finite logits: as before
+    for bad in (torch.zeros(4, 3), torch.zeros(3), torch.zeros(1, 1), torch.zeros(1, 3, dtype=torch.long)):
+        with pytest.raises(ValueError, match="logits must be a float tensor of the target's shape"):
+            t.met(bad)
+    with pytest.raises(TypeError, match=r"index it with a slice \(t\[0:1\]"):
+        t[0]
+    assert t[0:1].n_constraints.tolist() == [2]

@@ -288,3 +288,27 @@ def test_paired_claim_states():
     assert paired_claim("s", "c", ones, n_boot=200, tests=[(">=", 1.0)])["state"] == "holds"
     with pytest.raises(ValueError, match="same images"):
         paired_claim("s", "c", ones, zeros[:5])
+
+
+def test_ensemble_leaves_its_members_modes_alone_and_takes_a_module_list():
+    a = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
+    b = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))  # left in training mode by the caller
+    ens = EnsembleModel([a, b])
+    assert not a.training and b.training and ens.training  # a keeps eval (its dropout stays off)
+    with pytest.raises(ValueError, match="model is in training mode"):  # the ensemble follows b
+        fgs(ens, torch.rand(1, 1, 2, 2), torch.tensor([[True] * 4]), torch.tensor([[True, False, False, False]]),
+            torch.tensor([[False, True, True, True]]), progress=False)
+    ens2 = EnsembleModel(nn.ModuleList([a, b.eval()]))
+    assert len(ens2) == 2 and not ens2.training and ens2(torch.rand(3, 1, 2, 2)).shape == (3, 4)
+
+
+def test_evaluate_transfer_refuses_nan_logits():
+    class Nan(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 2), float("nan"))
+
+    y = torch.tensor([[True, False]])
+    t = Target(y, torch.tensor([[True, False]]), torch.tensor([[False, True]]))
+    x = torch.rand(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        evaluate_transfer(Nan().eval(), x, x, t)
