@@ -90,14 +90,15 @@ def subset(ds: MultiLabelDataset, n_examples: int | None) -> MultiLabelDataset:
     else:
         out = MultiLabelDataset(ds.name, ds.split, ds.labels[keep], ds.label_names, ds.ids[keep],
                                 load_image=ds._load)
-    for attr in ("silhouettes",):
+    for attr in ("silhouettes", "image_paths"):
         if hasattr(ds, attr):
             setattr(out, attr, getattr(ds, attr)[keep])
     return out
 
 
 def load_dataset(name: str, split: str, n_examples: int | None = None, *, image_size: int | None = None,
-                 root: str | Path | None = None, download: bool = False, seed: int = 0) -> MultiLabelDataset:
+                 root: str | Path | None = None, download: bool = False, seed: int = 0,
+                 difficult: str = "positive") -> MultiLabelDataset:
     """Load split ``split`` of data set ``name`` as a :class:`MultiLabelDataset`.
 
     Args:
@@ -109,6 +110,8 @@ def load_dataset(name: str, split: str, n_examples: int | None = None, *, image_
             ``<root>/VOCdevkit/VOC<year>``).
         download: VOC only: let torchvision download the archives when missing.
         seed: animals only: the seed the composites are built from.
+        difficult: VOC only: ``"positive"`` (a difficult object makes its class positive) or ``"ignore"``
+            (:mod:`mlnb.voc`).
 
     Returns ``ds`` with ``ds[i] -> ((C, H, W) float in [0, 1], (L,) bool)`` and ``ds.labels (N, L)``.
 
@@ -124,11 +127,14 @@ def load_dataset(name: str, split: str, n_examples: int | None = None, *, image_
         image_size = int(image_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    root = Path(root) if root is not None else data_root()
+    root = Path(root).expanduser() if root is not None else data_root()
+    if name == "animals" and difficult != "positive":
+        raise ValueError(f"difficult={difficult!r} applies to VOC's annotations only: leave it out for 'animals'")
     if name == "animals":
         ds = _load_animals(split, image_size or ANIMALS_IMAGE_SIZE, root, seed)
     else:
         from .voc import load_voc
 
-        ds = load_voc(int(name[3:]), split, root=root, image_size=image_size or 299, download=download)
+        ds = load_voc(int(name[3:]), split, root=root, image_size=image_size or 299, download=download,
+                      difficult=difficult)
     return subset(ds, n_examples)

@@ -24,6 +24,11 @@ from .validate import check_choice, check_images, check_int_range
 Defense = Callable[[torch.Tensor], torch.Tensor]
 
 
+class ImagesTooSmall(ValueError):
+    """A defense's parameter is valid but too large for the images it was given (e.g. a median kernel
+    wider than the image): raised at the call, never by :func:`make_defense`, which cannot know the size."""
+
+
 def _codec():
     """torchvision.io's codecs, with its deprecation notice (torchvision 0.29) silenced."""
     from torchvision.io import decode_jpeg, decode_png, encode_jpeg, encode_png
@@ -159,7 +164,7 @@ def median_smooth(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     if p == 0:
         return x.clone()
     if min(h, w) <= p:
-        raise ValueError(f"kernel {kernel} is too large for {h}x{w} images: reflect padding needs "
+        raise ImagesTooSmall(f"kernel {kernel} is too large for {h}x{w} images: reflect padding needs "
                          f"H and W > {p}; pass a smaller kernel")
     padded = F.pad(x.reshape(n * c, 1, h, w), (p, p, p, p), mode="reflect")[:, 0]
     v = [padded[:, i:i + h, j:j + w] for i in range(kernel) for j in range(kernel)]
@@ -184,5 +189,8 @@ def make_defense(name: str, **params) -> Defense:
     """
     check_choice("defense", name, DEFENSES)
     fn = functools.partial(DEFENSES[name], **params)
-    fn(torch.zeros(1, 3, 32, 32))  # raises here on a bad parameter
+    try:
+        fn(torch.zeros(1, 3, 32, 32))  # raises here on a bad parameter
+    except ImagesTooSmall:
+        pass  # a valid parameter for larger images than this probe's 32x32
     return fn

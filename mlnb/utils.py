@@ -66,7 +66,7 @@ def results_root() -> Path:
 
 def data_root() -> Path:
     """``$MLNB_DATA`` or ``<project>/data`` (the cache of built data sets and trained models)."""
-    return Path(os.environ.get("MLNB_DATA", project_root() / "data"))
+    return Path(os.environ.get("MLNB_DATA", project_root() / "data")).expanduser()
 
 
 def results_dir(notebook: str) -> Path:

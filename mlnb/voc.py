@@ -25,7 +25,9 @@ Introduced in notebooks/01_target_model.ipynb.
 from __future__ import annotations
 
 import tarfile
+from collections import Counter
 from pathlib import Path
+from xml.etree.ElementTree import ParseError
 
 import torch
 import torchvision.datasets as tvd
@@ -34,7 +36,7 @@ from torchvision.datasets.utils import download_url
 from torchvision.datasets.voc import DATASET_YEAR_DICT, ET_parse
 from torchvision.transforms.functional import pil_to_tensor
 
-from .validate import check_choice
+from .validate import check_choice, check_positive
 
 VOC_LABELS = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -88,7 +90,10 @@ def parse_labels(annotation: dict, difficult: str = "positive") -> torch.Tensor:
     for obj in objects:
         if difficult == "ignore" and str(obj.get("difficult", "0")).strip() == "1":
             continue
-        name = obj["name"].strip()
+        name = obj.get("name") if isinstance(obj, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"an <object> needs exactly one non-empty <name>, got {name!r}")
+        name = name.strip()
         if name not in VOC_LABELS:
             raise ValueError(f"unknown VOC class {name!r} in an annotation: expected one of {VOC_LABELS}")
         y[VOC_LABELS.index(name)] = True
@@ -105,10 +110,47 @@ def _split_2012(ids: list[str], split: str) -> list[int]:
 
 
 def load_image(path: str, image_size: int) -> torch.Tensor:
-    """A JPEG as ``(3, image_size, image_size)`` float in ``[0, 1]`` (bilinear, antialiased)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-        return pil_to_tensor(im).float().div(255)
+    """A JPEG as ``(3, image_size, image_size)`` float in ``[0, 1]`` (bilinear, antialiased); a file that
+    cannot be decoded (e.g. truncated) raises ``OSError`` naming it."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            return pil_to_tensor(im).float().div(255)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise OSError(f"cannot decode the image {path}: {e} (delete it and fetch the archive again)") from e
+
+
+class ImageFiles:
+    """``i -> load_image(paths[i], image_size)``: the pixels of a VOC set, picklable (for DataLoader workers
+    that spawn their processes)."""
+
+    def __init__(self, paths: list[str], image_size: int):
+        self.paths, self.image_size = paths, image_size
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i], self.image_size)
+
+
+def read_ids(split_file: Path) -> list[str]:
+    """The image ids of a VOC split list, one per line: surrounding whitespace, blank lines and a UTF-8 byte
+    order mark are ignored; an id listed twice is a ``ValueError`` (it would count twice, and in VOC 2012 could
+    fall on both sides of the retraining / validation split)."""
+    ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines()]
+    ids = [i for i in ids if i]
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{split_file} lists image ids more than once ({repeated[:5]}): remove the repeats")
+    return ids
+
+
+def read_labels(base, annotation: Path, difficult: str) -> torch.Tensor:
+    """``(20,)`` bool labels of one annotation file; a malformed file is a ``ValueError`` naming it."""
+    try:
+        return parse_labels(base.parse_voc_xml(ET_parse(str(annotation)).getroot()), difficult)
+    except (ParseError, ValueError) as e:
+        raise ValueError(f"VOC annotation {annotation} is malformed: {e}") from e
 
 
 def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, download: bool = False,
@@ -126,7 +168,8 @@ def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, 
     check_choice("VOC year", year, SPLITS)
     check_choice(f"split of VOC {year}", split, SPLITS[year])
     check_choice("difficult", difficult, DIFFICULT_CHOICES)
-    root = Path(root)
+    check_positive("image_size", image_size, integer=True)
+    root = Path(root).expanduser()
     official = _official(year, split)
     folder = root / "VOCdevkit" / f"VOC{year}"
     split_file = folder / "ImageSets" / "Main" / f"{official}.txt"
@@ -139,14 +182,14 @@ def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, 
     if not split_file.is_file():
         raise FileNotFoundError(f"VOC {year} split list {split_file} is missing (the {official!r} archive is not "
                                 f"unpacked there): pass download=True to fetch it")
-    base = tvd.VOCDetection(str(root), year=str(year), image_set=official, download=False)
-    ids = [Path(p).stem for p in base.images]
+    base = tvd.VOCDetection(str(root), year=str(year), image_set=official, download=False)  # its XML parser
+    ids = read_ids(split_file)
     keep = _split_2012(ids, split) if year == 2012 and split in ("train", "val") else list(range(len(ids)))
-    images = [base.images[i] for i in keep]
-    labels = torch.stack([parse_labels(base.parse_voc_xml(ET_parse(base.annotations[i]).getroot()),
-                                       difficult) for i in keep]) if keep else torch.zeros(0, 20, dtype=torch.bool)
+    images = [str(folder / "JPEGImages" / f"{ids[i]}.jpg") for i in keep]
+    labels = (torch.stack([read_labels(base, folder / "Annotations" / f"{ids[i]}.xml", difficult) for i in keep])
+              if keep else torch.zeros(0, 20, dtype=torch.bool))
     ds = MultiLabelDataset(f"voc{year}", split, labels, VOC_LABELS, [ids[i] for i in keep],
-                           load_image=lambda i: load_image(images[i], image_size))
+                           load_image=ImageFiles(images, int(image_size)))
     ds.image_paths = images
     return ds
 

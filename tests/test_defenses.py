@@ -192,3 +192,13 @@ def test_evaluate_defense_checks_batch_size_and_nan_logits():
         D.evaluate_defense(NanOnDark().eval(), None, x, y, batch_size=0)
     with pytest.raises(ValueError, match="contains NaN or Inf"):
         D.evaluate_defense(NanOnDark().eval(), None, x, y, x * 0.1, A, B)
+
+
+def test_make_defense_accepts_a_kernel_valid_for_larger_images_than_its_probe():
+    defense = P.make_defense("median", kernel=33)  # too wide for 32x32 only
+    x = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(defense(x), P.median_smooth(x, 33))
+    with pytest.raises(ValueError, match="kernel 33 is too large for 8x8 images"):
+        defense(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="kernel must be an odd int"):
+        P.make_defense("median", kernel=4)

@@ -103,3 +103,59 @@ def test_safe_extract_refuses_escapes(tmp_path):
     _tar_with(good, "VOCdevkit/readme.txt", b"hello")
     safe_extract(good, target)
     assert (target / "VOCdevkit" / "readme.txt").read_bytes() == b"hello"
+
+
+@pytest.fixture
+def own_tree(tmp_path):
+    """A writable copy of the fixture tree (VOC 2007) for tests that damage it."""
+    build_voc_tree(tmp_path, 2007)
+    return tmp_path, tmp_path / "VOCdevkit" / "VOC2007"
+
+
+def test_split_lists_with_blank_lines_a_bom_or_repeats(own_tree):
+    root, base = own_tree
+    lst = base / "ImageSets" / "Main" / "train.txt"
+    ids = SPLITS_2007["train"]
+    lst.write_text("\ufeff" + "\r\n".join(ids[:1] + [""] + ids[1:]) + "\r\n\r\n", encoding="utf-8")  # BOM, CRLF, blanks
+    assert load_voc(2007, "train", root=root, image_size=8).ids == ids
+    lst.write_text("\n".join(ids + ids[:1]) + "\n")
+    with pytest.raises(ValueError, match=f"lists image ids more than once \\(\\['{ids[0]}'\\]\\)"):
+        load_voc(2007, "train", root=root, image_size=8)
+
+
+@pytest.mark.parametrize("xml, problem", [
+    ("<annotation><object><name>Dog</name></object></annotation>", "unknown VOC class 'Dog'"),
+    ("<annotation><object><name></name></object></annotation>", "exactly one non-empty <name>"),
+    ("<annotation><object><name>dog</name><name>cat</name></object></annotation>", "exactly one non-empty <name>"),
+    ("<annotation><object><name>dog", "no element found"),
+])
+def test_a_malformed_annotation_is_named(own_tree, xml, problem):
+    root, base = own_tree
+    bad = base / "Annotations" / f"{SPLITS_2007['train'][1]}.xml"
+    bad.write_text(xml)
+    with pytest.raises(ValueError, match=f"VOC annotation {bad} is malformed: .*{problem}"):
+        load_voc(2007, "train", root=root, image_size=8)
+
+
+def test_a_truncated_image_is_named_and_the_set_pickles(own_tree):
+    import pickle
+
+    root, base = own_tree
+    ds = load_dataset("voc2007", "train", 2, root=root, image_size=8, difficult="ignore")
+    assert ds.image_paths == [str(base / "JPEGImages" / f"{i}.jpg") for i in ds.ids]  # kept by n_examples
+    again = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(again[0][0], ds[0][0]) and torch.equal(again.labels, ds.labels)
+    jpg = base / "JPEGImages" / f"{ds.ids[0]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    with pytest.raises(OSError, match=f"cannot decode the image {jpg}"):
+        ds[0]
+
+
+def test_a_home_relative_root_and_checked_image_size(own_tree, monkeypatch):
+    root, _ = own_tree
+    monkeypatch.setenv("HOME", str(root.parent))
+    assert len(load_dataset("voc2007", "train", root=f"~/{root.name}", image_size=8)) == len(SPLITS_2007["train"])
+    with pytest.raises(ValueError, match="image_size must be"):
+        load_voc(2007, "train", root=root, image_size=0)
+    with pytest.raises(ValueError, match="applies to VOC's annotations only"):
+        load_dataset("animals", "test", difficult="ignore")
