@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from .utils import data_root
-from .validate import check_choice, check_positive
+from .validate import check_choice, check_positive, check_seed
 
 DATASETS = {
     "animals": ("train", "val", "test"),
@@ -125,8 +125,7 @@ def load_dataset(name: str, split: str, n_examples: int | None = None, *, image_
     if image_size is not None:
         check_positive("image_size", image_size, integer=True)
         image_size = int(image_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     root = Path(root).expanduser() if root is not None else data_root()
     if name == "animals" and difficult != "positive":
         raise ValueError(f"difficult={difficult!r} applies to VOC's annotations only: leave it out for 'animals'")

@@ -13,7 +13,7 @@ import torch
 from .labels import make_target
 from .presets import PAPER_FORMS, Preset, row_attack
 from .target import THRESHOLD
-from .validate import check_choice
+from .validate import check_choice, check_positive, check_seed
 
 GENERAL = ("random", "extreme")
 LABEL_SPECIFIED = ("reduce", "augment")
@@ -102,6 +102,16 @@ def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
     return key
 
 
+def check_counts(strategies: list[str], n, seed) -> None:
+    """The runner's image counts (``n``: an int, a ``{strategy: int}`` dict or None for the preset's) are
+    positive whole numbers, and ``seed`` is a non-negative int, before any work."""
+    check_seed(seed)
+    for strategy in strategies:
+        n_s = n.get(strategy) if isinstance(n, dict) else n
+        if n_s is not None:
+            check_positive(f"n (images of strategy {strategy!r})", n_s, integer=True)
+
+
 def split_names(value, valid, what: str) -> list[str]:
     """Names given as a list or a comma-separated string (``"ml_cw, rank2"``), each checked against ``valid``."""
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
@@ -109,4 +119,7 @@ def split_names(value, valid, what: str) -> list[str]:
         raise ValueError(f"no {what} given: choose from {', '.join(valid)}")
     for v in items:
         check_choice(what, v, valid)
+    twice = sorted({v for v in items if items.count(v) > 1})
+    if twice:
+        raise ValueError(f"{what} {twice} listed more than once: name each {what} once")
     return items

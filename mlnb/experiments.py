@@ -50,7 +50,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .experiment_plan import (GENERAL, attack_set, draw_targets, is_scenario_row, plan_chunks,
+from .experiment_plan import (GENERAL, attack_set, check_counts, draw_targets, is_scenario_row, plan_chunks,
                               project_rmsd, row_params, run_params, seeded_generator, split_names)
 from .labels import STRATEGIES
 from .metrics import per_image_metrics
@@ -194,8 +194,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
             ``augment`` use ``preset.reduce_label`` / ``preset.augment_label``).
         out_dir: the store root; per-image results go to ``out_dir/<run key>/`` (see :mod:`mlnb.store`).
         seed: fixes the images drawn and the random-case targets (no attack draws random numbers).
-        n: images per strategy (int, or ``{strategy: int}``); default ``preset.n_general`` for the
-            general strategies and ``preset.n_label_specified`` for the others.
+        n: images per strategy (int or ``{strategy: int}``); default ``preset.n_general`` / ``n_label_specified``.
         max_rmsd: RMSD bound (0-255) with the projection rule of the module docstring; default the preset's.
         params: ``{row: {keyword: value}}`` overriding the row's resolved parameters (that row only:
             ``{"fgs": ...}`` does not reach ``fgs_per_image``).
@@ -217,6 +216,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
     if max_rmsd is not None:
         check_positive("max_rmsd", max_rmsd)
     check_data_available(preset, download=download)
+    check_counts(strategies, n, seed)
     params = params or {}
     for a in params:
         check_choice("attack in params", a, ROW_NAMES)

@@ -39,7 +39,7 @@ from .labels import STRATEGIES
 from .presets import ROW_NAMES
 from .metrics import METRIC_COLUMNS, METRIC_KEYS
 from .utils import atomic_write_text, to_jsonable
-from .validate import check_positive
+from .validate import check_positive, check_seed
 
 HIGHER_IS_BETTER = {"RMSD": False, "Hamming(A)": False, "Hamming(B)": False, "F1": True,
                     "Ranking loss": False, "mAP": True, "AUC": True, "Kendall tau-b": True,
@@ -241,8 +241,7 @@ def aggregate_ci(frame: pd.DataFrame, strategies=None, attacks=None, *, level: f
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level!r}: pass e.g. level=0.95")
     check_positive("n_boot", n_boot, integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     if frame.empty:
         return _empty(), _empty()
     frame = frame.sort_values([*GROUP, "index"], kind="stable")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .validate import check_choice
+from .validate import check_choice, check_seed
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -28,8 +28,7 @@ def set_seed(seed: int) -> torch.Generator:
     Pass the returned generator (or one derived from it) as ``generator=`` to every random
     choice: data sets and targets take one (no attack draws random numbers).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

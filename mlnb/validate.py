@@ -5,6 +5,9 @@ Kernels call these once on entry; nothing here is called inside an optimisation 
 from __future__ import annotations
 
 import math
+import numbers
+import types
+import typing
 from typing import Iterable, Sequence
 
 import torch
@@ -35,6 +38,28 @@ def check_positive(name: str, value, *, allow_zero: bool = False, integer: bool 
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         need = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be a finite {need} number, got {value!r}: pass e.g. {name}=1")
+
+
+def check_seed(seed) -> None:
+    """A seed: a non-negative whole number (Python or NumPy int, not a bool)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
+def check_annotated(name: str, value, annotation) -> None:
+    """``value`` fits the plain annotation of a keyword (``int``, ``float``, ``bool``, ``str``, ``None`` and
+    unions of them; other annotations are not checked): a ``--param ml_cw.max_iter=abc`` or
+    ``rank2.pairwise=false`` (a string) fails here, before any work, with the keyword's name."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    plain = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+             float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+             bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+             type(None): lambda v: v is None}
+    if not all(k in plain for k in kinds):
+        return
+    if not any(plain[k](value) for k in kinds):
+        want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+        raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
 
 
 def check_int(name: str, value, minimum: int = 1) -> None:

@@ -15,6 +15,8 @@ decides (documented and bounded by a test; the runner attacks that row in one ca
 """
 import math
 
+import re
+
 import pytest
 import scipy.stats
 import torch
@@ -500,3 +502,35 @@ def test_select_rule_across_lambda(rnd):
         t_tau, t_con = _tau(model(tau.x_adv), y, A, B), _tau(model(con.x_adv), y, A, B)
     assert (n_con >= n_tau).all() and (t_tau >= t_con - 1e-12).all()
     assert (n_con > n_tau).any()
+
+
+@pytest.mark.parametrize("attack, params, message", [
+    ("ml_cw", {"max_iter": "abc"}, "ml_cw.max_iter must be int, got str 'abc'"),
+    ("ml_cw", {"max_iter": 1.5}, "ml_cw.max_iter must be int, got float 1.5"),
+    ("rank2", {"pairwise": "false"}, "rank2.pairwise must be bool, got str 'false'"),  # 'false' would read as True
+    ("ml_cw", {"lr": "0.1"}, "ml_cw.lr must be float, got str '0.1'"),
+])
+def test_check_params_refuses_values_of_the_wrong_type_before_any_work(attack, params, message):
+    from mlnb.attacks import check_params
+
+    with pytest.raises(TypeError, match=re.escape(message)):
+        check_params(attack, params)
+    check_params("ml_cw", {"max_iter": 5, "lr": 1, "lambda_init": 100, "autocast_dtype": None})  # an int is a float
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": -1}, "n (images of strategy 'random') must be a finite positive number, got -1"),
+    ({"n": 0}, "n (images of strategy 'random') must be a finite positive number, got 0"),
+    ({"n": 1.5}, "n (images of strategy 'random') must be a whole number, got 1.5"),
+    ({"n": {"random": -2}}, "n (images of strategy 'random') must be a finite positive number, got -2"),
+    ({"seed": -1}, "seed must be a non-negative int, got -1"),
+    ({"seed": "0"}, "seed must be a non-negative int, got '0'"),
+    ({"attacks": "fgs,fgs"}, "attack ['fgs'] listed more than once"),
+])
+def test_the_runner_refuses_bad_counts_seeds_and_repeated_rows_before_any_work(tmp_path, kwargs, message):
+    from mlnb.experiments import run_experiment
+
+    kwargs = {"attacks": "fgs", **kwargs}
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        run_experiment("smoke", strategies="random", out_dir=tmp_path, progress=False, **kwargs)
+    assert not any(tmp_path.iterdir())  # nothing was written

@@ -8,6 +8,7 @@ another seed into a results folder of its own (``build/nbval-results``).
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def _skeleton_problems(path: Path) -> list[str]:
         for name in ("SEED", "DEVICE", "PRESET"):
             if f"{name}:" not in src:
                 problems.append(f"parameters cell lacks an annotated {name}")
+        # papermill must read every assignment (a line it cannot parse is hidden from --help-notebook and
+        # reported as an "unknown parameter" when it is passed)
+        import papermill as pm
+
+        assigned = re.findall(r"^(\w+)\s*(?::[^=]*)?=", src, re.M)
+        hidden = sorted(set(assigned) - set(pm.inspect_notebook(str(path))))
+        if hidden:
+            problems.append(f"papermill cannot parse the parameter line(s) of {hidden}: keep '=' out of their comments")
     if any(c.get("outputs") for c in cells if c["cell_type"] == "code"):
         problems.append("committed with outputs: run `make strip`")
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")

@@ -52,7 +52,7 @@ def check_params(attack: str, params: dict) -> None:
     ``ATTACKS[attack]`` (a typo such as ``max_iters`` would otherwise fail only after the target
     model is trained). ``generator`` and ``progress`` are set by the caller, not by ``params``."""
     V.check_choice("attack", attack, ATTACKS)
-    signature = inspect.signature(ATTACKS[attack]).parameters
+    signature = inspect.signature(ATTACKS[attack], eval_str=True).parameters
     if any(p.kind is p.VAR_KEYWORD for p in signature.values()):
         return  # a wrapper taking **kwargs: nothing to check here
     valid = [k for k, p in signature.items() if p.kind is p.KEYWORD_ONLY and k not in ("generator", "progress")]
@@ -60,6 +60,8 @@ def check_params(attack: str, params: dict) -> None:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for attack {attack!r}: valid parameters are "
                          f"{', '.join(valid)}")
+    for key, value in params.items():  # the types too (the values' ranges are checked by the attack itself)
+        V.check_annotated(f"{attack}.{key}", value, signature[key].annotation)
 
 # The successors (notebook 13): MLA-LP (Zhou et al., IJCNN 2020) and TkML-AP (Hu et al., ICCV 2021). They
 # take the same arguments and return the same AttackResult, but are not in ATTACKS (the paper's six).
