@@ -51,7 +51,8 @@ class EnsembleModel(nn.Module):
     """``K`` models ``(N, C, H, W) -> (N, L)`` logits as one: ``"stack"`` -> ``(N, K·L)`` (member ``k``'s
     logits in columns ``k·L .. (k+1)·L - 1``; attack it with :func:`stack_target`), ``"mean"`` -> ``(N, L)``
     the mean of the logits. Starts in eval mode when every member is in eval mode; the members' own modes are
-    left as the caller set them (a member in training mode makes the attacks refuse the ensemble, naming it).
+    left as the caller set them (a member in training mode puts the ensemble in training mode, which the attacks
+    and metrics refuse).
     ``models``: a list (or ``nn.ModuleList``) of modules, or one module.
 
     >>> ens = EnsembleModel([surrogate_a, surrogate_b])
