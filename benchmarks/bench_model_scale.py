@@ -25,6 +25,13 @@ from mlnb.presets import get_preset
 KEYS = ("ratio", "step_ratio_quartiles", "extra_ms")  # what a row keeps of an attack's throughput
 
 
+def row(backbone: str, image_size: int, batch: int, thr: dict) -> dict:
+    """One row of the section from :func:`benchmarks.run_all.bench_throughput`'s result ``thr``."""
+    return {"backbone": backbone, "image_size": image_size, "batch": batch,
+            "baseline_ms_per_step": batch / thr["ml_cw"]["baseline_image_steps_per_s"] * 1e3,
+            "attacks": {name: {k: thr[name][k] for k in KEYS} for name in SEARCH_ATTACKS}}
+
+
 def run(cfg, models: tuple, steps: int, repeats: int, device: torch.device, log=print) -> dict:
     """``models``: ``(backbone, image_size, batch)`` triples. Returns ``{"models": [row, ...]}``, one row per
     triple with the model's baseline milliseconds per step and, per attack, its ratio, the quartiles of its
@@ -38,10 +45,7 @@ def run(cfg, models: tuple, steps: int, repeats: int, device: torch.device, log=
         wl = load_workload(preset, batch, device, synthetic=True)
         log(f"  {backbone} at {size} px, batch {batch}")
         thr = bench_throughput(wl, sub, device, log, names=SEARCH_ATTACKS)
-        rows.append({"backbone": backbone, "image_size": size, "batch": batch, "workload": wl.description,
-                     "baseline_ms_per_step": batch / thr["ml_cw"]["baseline_image_steps_per_s"] * 1e3,
-                     "attacks": {name: {k: thr[name][k] for k in KEYS}
-                                 for name in SEARCH_ATTACKS}})
+        rows.append({**row(backbone, size, batch, thr), "workload": wl.description})
         del wl
     return {"steps": steps, "repeats": repeats, "models": rows}
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import (SEARCH_ATTACKS, Workload, finite_positive, load_workload, median, no_early_abort, sync,
-                        timed)
+from benchmarks import Workload, finite_positive, load_workload, median, no_early_abort, sync, timed
 from benchmarks import bench_model_scale
 from benchmarks.attack_throughput import ITERATIVE
 from benchmarks.machine import describe, load_average, machine_info
@@ -426,9 +425,7 @@ def main(argv=None) -> dict:
     prof = section("profile", lambda: bench_profile(wl, cfg))
     scale = section("throughput as the model grows", lambda: bench_model_scale.run(
         cfg, cfg.scale_models, cfg.scale_steps, cfg.scale_repeats, device, log=log))
-    scale["default_row"] = {"backbone": preset.backbone, "image_size": preset.image_size, "batch": cfg.batch,
-                            "baseline_ms_per_step": cfg.batch / thr["ml_cw"]["baseline_image_steps_per_s"] * 1e3,
-                            "attacks": {a: {k: thr[a][k] for k in bench_model_scale.KEYS} for a in SEARCH_ATTACKS}}
+    scale["default_row"] = bench_model_scale.row(preset.backbone, preset.image_size, cfg.batch, thr)
     shr = section("shrinking vs fixed budget", lambda: bench_shrinking.run(
         preset, cfg.shrink_batch, cfg.shrink_params, cfg.shrink_repeats, device, synthetic=args.synthetic, log=log))
     mem = section("peak memory", lambda: bench_memory.run(cfg.preset, cfg.batch, cfg.memory_steps, device,

@@ -127,9 +127,9 @@ def load_dataset(name: str, split: str, n_examples: int | None = None, *, image_
         image_size = int(image_size)
     check_seed(seed)
     root = Path(root).expanduser() if root is not None else data_root()
-    if name == "animals" and difficult != "positive":
-        raise ValueError(f"difficult={difficult!r} applies to VOC's annotations only: leave it out for 'animals'")
     if name == "animals":
+        if difficult != "positive":
+            raise ValueError(f"difficult={difficult!r} applies to VOC's annotations only: leave it out for 'animals'")
         ds = _load_animals(split, image_size or ANIMALS_IMAGE_SIZE, root, seed)
     else:
         from .voc import load_voc

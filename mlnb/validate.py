@@ -49,7 +49,8 @@ def check_seed(seed) -> None:
 def check_annotated(name: str, value, annotation) -> None:
     """``value`` fits the plain annotation of a keyword (``int``, ``float``, ``bool``, ``str``, ``None`` and
     unions of them; other annotations are not checked): a ``--param ml_cw.max_iter=abc`` or
-    ``rank2.pairwise=false`` (a string) fails here, before any work, with the keyword's name."""
+    ``rank2.pairwise=false`` (a string) fails here, before any work, with the keyword's name. Also the one
+    check of a flag: ``check_annotated("trace", trace, bool)``."""
     kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     plain = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
              float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),

@@ -118,8 +118,7 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
                          "pass autocast_dtype=torch.bfloat16 (float32's range) or None")
     if autocast_dtype not in AUTOCAST_CHOICES:
         raise ValueError(f"autocast_dtype must be None or torch.bfloat16, got {autocast_dtype!r}")
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+    V.check_annotated("channels_last", channels_last, bool)
     with torch.no_grad():
         probe = model(x[:1])
     V.check_logits(probe, 1, int(target.y.shape[1]))

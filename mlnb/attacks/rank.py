@@ -32,8 +32,7 @@ def _rank_attack(name, n_terms, model, x, y, A, B, progress, *, lambda_init, n_s
                      channels_last=channels_last)
     V.check_choice("omega_zero", omega_zero, OMEGA_ZERO_CHOICES)
     V.check_choice("select", select, RANK_SELECT_CHOICES)
-    if not isinstance(pairwise, bool):
-        raise TypeError(f"pairwise must be a bool, got {type(pairwise).__name__} {pairwise!r}")
+    V.check_annotated("pairwise", pairwise, bool)
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise ValueError(f"threshold must be None or a probability in (0, 1), got {threshold!r}")
     if (len(weights) != n_terms or any(not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in weights)

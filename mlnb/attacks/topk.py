@@ -118,32 +118,27 @@ def topk_kernel(rt, x: torch.Tensor, y: torch.Tensor, targets, *, k: int, eps: f
     return {"x_adv": best_x, "iterations": iters, "found": found}
 
 
-def _check_labels(y) -> None:
+def _check(k, eps, max_iter, lr, kappa, y, *, untargeted: bool) -> None:
+    """The labels ``y`` and the parameters shared by the top-k attacks; ``untargeted``: also that the attack
+    exists for every image (a true label to push out, ``k`` others to take its place)."""
     V.check_label_matrix(y, "y")
     if y.shape[1] < 2:
         raise ValueError(f"top-k attacks need at least 2 labels, but y has {y.shape[1]} column: a top-k set of a "
                          "single label cannot change; use the threshold attacks (e.g. ml_cw) for one label")
-
-
-def _check_untargeted(y, k) -> None:
-    """An untargeted top-k attack exists for every image: a true label to push out, ``k`` others to take its place."""
-    _check_labels(y)
-    empty = ~y.any(1)
-    if bool(empty.any()):
-        raise ValueError(f"every image needs at least one true label in y for an untargeted top-k attack; images "
-                         f"{empty.nonzero().flatten().tolist()[:10]} have none: attack only images with labels")
-    V.check_int_range("k", k, 1, int(y.shape[1]) - 1)
-    if bool(((~y).sum(1) < k).any()):
-        raise ValueError(f"some images have fewer than k={k} labels outside y: no untargeted top-{k} attack "
-                         f"exists for them; pass a smaller k")
-
-
-def _check(k, eps, max_iter, lr, kappa, y):
     V.check_int_range("k", k, 1, int(y.shape[1]) - 1)
     V.check_positive("eps", eps)
     V.check_int("max_iter", max_iter, 1)
     V.check_positive("lr", lr)
     V.check_positive("kappa", kappa, allow_zero=True)
+    if not untargeted:
+        return
+    empty = ~y.any(1)
+    if bool(empty.any()):
+        raise ValueError(f"every image needs at least one true label in y for an untargeted top-k attack; images "
+                         f"{empty.nonzero().flatten().tolist()[:10]} have none: attack only images with labels")
+    if bool(((~y).sum(1) < k).any()):
+        raise ValueError(f"some images have fewer than k={k} labels outside y: no untargeted top-{k} attack "
+                         f"exists for them; pass a smaller k")
 
 
 def _result(res: AttackResult, y, k, targets, found) -> AttackResult:
@@ -168,10 +163,9 @@ def topk_untargeted(model, x, y, *, k: int = 1, eps: float = 10.0, max_iter: int
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    _check_untargeted(y, k)
+    _check(k, eps, max_iter, lr, kappa, y, untargeted=True)
     rt, goal = setup(model, x, Target(y, y, torch.zeros_like(y)), None, None, batch_size=batch_size,
                      autocast_dtype=autocast_dtype, channels_last=channels_last)
-    _check(k, eps, max_iter, lr, kappa, y)
     return _run(rt, x, goal, y, None, k=k, eps=eps, max_iter=max_iter, lr=lr, kappa=kappa, stop_early=True,
                 progress=progress, batch_size=batch_size, name="topk_untargeted")
 
@@ -189,7 +183,7 @@ def topk_targeted(model, x, y, targets, *, k: int = 3, eps: float = 10.0, max_it
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    _check_labels(y)
+    _check(k, eps, max_iter, lr, kappa, y, untargeted=False)
     V.check_label_matrix(targets, "targets", int(y.shape[1]))
     V.check_same_rows(y=y, targets=targets)
     true = (targets & y).any(1)
@@ -202,7 +196,6 @@ def topk_targeted(model, x, y, targets, *, k: int = 3, eps: float = 10.0, max_it
                          f"{sorted(set(n_t.tolist()))}: pass targets from topk_targets(logits, y, k)")
     rt, goal = setup(model, x, Target(y, y ^ targets, torch.zeros_like(y)), None, None, batch_size=batch_size,
                      autocast_dtype=autocast_dtype, channels_last=channels_last)
-    _check(k, eps, max_iter, lr, kappa, y)
     return _run(rt, x, goal, y, targets, k=k, eps=eps, max_iter=max_iter, lr=lr, kappa=kappa, stop_early=False,
                 progress=progress, batch_size=batch_size, name="topk_targeted")
 
@@ -233,10 +226,9 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
 
     Introduced in notebooks/13_successors.ipynb.
     """
-    _check_untargeted(y, k)
+    _check(k, eps, max_iter, lr, kappa, y, untargeted=True)
     rt, goal = setup(model, x, Target(y, y, torch.zeros_like(y)), None, None, batch_size=None,
                      autocast_dtype=autocast_dtype, channels_last=channels_last)
-    _check(k, eps, max_iter, lr, kappa, y)
     V.check_positive("radius", radius)
     V.check_int("passes", passes, 1)
     V.check_int("chunk", chunk, 1)
