@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import validate as V
+from .models import model_dtype
 from .attacks import ATTACKS, check_params
 from .target import Target
 
@@ -95,6 +96,9 @@ def art_classifier(model: torch.nn.Module, input_shape: tuple[int, ...], num_lab
                           f"it failed with: {_IMPORT_ERROR}")
     V.check_eval_model(model)
     V.check_positive("num_labels", num_labels, integer=True)
+    if num_labels < 2:
+        raise ValueError(f"ART's PyTorchClassifier needs nb_classes >= 2, got num_labels={num_labels}: attack a "
+                         f"one-label model with mlnb.attacks directly (they take any L >= 1)")
     param = next(model.parameters(), None)
     kwargs.setdefault("clip_values", (0.0, 1.0))
     kwargs.setdefault("device_type", "gpu" if param is not None and param.device.type == "cuda" else "cpu")
@@ -164,6 +168,7 @@ class MultiLabelAttack(_EvasionAttack):
             raise ValueError(f"verbose must be a bool, got {self.verbose!r}")
         if not self.targeted:
             raise ValueError(f"{type(self).__name__} is a targeted attack: pass the label set wanted as y")
+        check_params(self.name, {k: getattr(self, k) for k in self.kernel_params()})  # set_params' values too
 
     def target(self, x: np.ndarray, y, mask=None, y_clean=None) -> Target:
         """The :class:`~mlnb.target.Target` that ``generate`` attacks (clean labels, ``A``, ``B``)."""
@@ -183,7 +188,9 @@ class MultiLabelAttack(_EvasionAttack):
         return Target(clean, A, B).to(self.estimator.device)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.estimator.device)
+        """``x`` on the classifier's device in its model's dtype (float32 for a float32 model), NCHW."""
+        t = torch.as_tensor(np.asarray(x), device=self.estimator.device)
+        t = t.to(model_dtype(self.estimator.model) if t.is_floating_point() else torch.float32)
         return t if self.estimator.channels_first else t.permute(0, 3, 1, 2)
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, mask: np.ndarray | None = None,
@@ -205,6 +212,10 @@ class MultiLabelAttack(_EvasionAttack):
         if x.ndim != 4:
             raise ValueError(f"x must be a batch of images, (N, C, H, W) (or (N, H, W, C) for a channels-last "
                              f"classifier), got shape {x.shape}: add the batch axis with x[None]")
+        if int(np.prod(x.shape[1:])) != int(np.prod(self.estimator.input_shape)):  # the layout may differ (NHWC)
+            raise ValueError(f"x holds images of shape {x.shape[1:]} but the classifier was built for input_shape="
+                             f"{tuple(self.estimator.input_shape)}: pass images of that shape (or rebuild the "
+                             f"classifier with this input_shape)")
         xt = self._tensor(x)
         V.check_images(xt, "x")
         target = self.target(x, y, mask, y_clean)

@@ -19,7 +19,7 @@ def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None,
     another negative}. ``y_row``: ``(L,)`` bool with at least two positives and two negatives.
 
     The named ``prefer_a`` / ``prefer_b`` are used when all exist and match (one positive and one
-    negative each; the paper: A = {person, cow}, B = {bottle, sofa}). Otherwise, by clean score
+    negative each, no label in both; the paper: A = {person, cow}, B = {bottle, sofa}). Otherwise, by clean score
     ``scores_row`` ``(L,)`` (or the index order): A takes the most confident positive and the most
     probable negative, B the next ones.
 
@@ -35,7 +35,7 @@ def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None,
     if names is not None and prefer_a and prefer_b and set(prefer_a) | set(prefer_b) <= set(names):
         a = [list(names).index(n) for n in prefer_a]
         b = [list(names).index(n) for n in prefer_b]
-        if all(len(s) == 2 and sum(bool(y_row[j]) for j in s) == 1 for s in (a, b)):
+        if set(a).isdisjoint(b) and all(len(s) == 2 and sum(bool(y_row[j]) for j in s) == 1 for s in (a, b)):
             return a, b
     s = scores_row if scores_row is not None else -torch.arange(len(y_row), dtype=torch.float)
     pos.sort(key=lambda j: -float(s[j]))

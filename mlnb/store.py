@@ -67,9 +67,9 @@ def _read_lines(path: Path, *, repair: bool) -> list[dict]:
     if not path.is_file():
         return []
     data = path.read_bytes()
-    records, pos = [], 0
+    records, pos, number = [], 0, 0
     while pos < len(data):
-        end = data.find(b"\n", pos)
+        end, number = data.find(b"\n", pos), number + 1
         try:
             if end < 0:
                 raise ValueError("no trailing newline")
@@ -86,7 +86,11 @@ def _read_lines(path: Path, *, repair: bool) -> list[dict]:
                     fh.flush()
                     os.fsync(fh.fileno())
             break
-        if rec is not None:
+        if line.strip():  # blank lines are skipped; a JSON line that is not a record raises
+            idx = rec.get("index") if isinstance(rec, dict) else None
+            if isinstance(idx, bool) or not isinstance(idx, (int, float)) or not float(idx).is_integer():
+                raise ValueError(f"{path}: line {number} (byte {pos}) is not a record (a JSON object with a whole-number "
+                                 f"\"index\"): {line[:60].decode(errors='replace')}; move the file away to recompute")
             records.append(rec)
         pos = end + 1
     return records
@@ -165,8 +169,8 @@ class ResultStore:
 
 # ----------------------------------------------------------------------------- tables from the records
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    """Per-image records -> a DataFrame (missing / null metrics as NaN); adds ``p_clean`` / ``p_adv``,
-    the target label's probability before / after the attack when ``|A| = 1`` (Fig. 1)."""
+    """Per-image records -> a DataFrame (missing / null metrics as NaN); adds ``p_clean`` / ``p_adv``, the target
+    label's probability before / after the attack when ``|A| = 1`` (Fig. 1; NaN without ``A`` or the scores)."""
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return frame
@@ -174,7 +178,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         if k in frame:
             frame[k] = pd.to_numeric(frame[k], errors="coerce").astype(float)
     for col, scores in (("p_clean", "scores_clean"), ("p_adv", "scores_adv")):
-        frame[col] = [s[a[0]] if len(a) == 1 else np.nan for s, a in zip(frame[scores], frame["A"])]
+        s_a = zip(frame.get(scores, [None] * len(frame)), frame.get("A", [None] * len(frame)))
+        frame[col] = [s[a[0]] if np.ndim(a) == 1 and len(a) == 1 and np.ndim(s) == 1 else np.nan for s, a in s_a]
     return frame
 
 
@@ -275,10 +280,7 @@ def with_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, digits: int
     """Cells as strings ``"0.1234 [0.1000, 0.1500]"`` (mean [lo, hi], ``digits`` decimals; ``Clean``
     as whole numbers; a NaN mean prints "N.A."), for notebooks. ``lo`` / ``hi``: :func:`aggregate_ci`."""
     lo, hi = lo.reindex(index=table.index, columns=table.columns), hi.reindex(index=table.index, columns=table.columns)
-
-    def fmt(x, d):
-        return "nan" if pd.isna(x) else f"{float(x):.{d}f}"
-
+    fmt = lambda x, d: "nan" if pd.isna(x) else f"{float(x):.{d}f}"  # noqa: E731
     out = pd.DataFrame(index=table.index)  # the columns are added below, in the table's order
     for c in table.columns:
         d = 0 if c == "Clean" else int(digits)
@@ -288,7 +290,11 @@ def with_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, digits: int
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, strategy, attack): images, success rate (target met on ``A ∪ B``) and fraction projected."""
-    g = frame.groupby(["dataset", "strategy", "attack"], sort=False)
-    return pd.DataFrame({"images": g.size(), "success_rate": g["success"].mean(),
-                         "projected": g["projected"].mean()})
+    """Per (dataset, strategy, attack): images, success rate (target met on ``A ∪ B``) and fraction projected
+    (NaN where the records have no ``success`` / ``projected``); ``ValueError`` without the three keys."""
+    if missing := [c for c in GROUP if c not in frame]:
+        raise ValueError(f"summary needs the records' keys {', '.join(missing)}, missing here: pass records_frame() "
+                         f"of the records mlnb.experiments stores, or add those keys to every record")
+    g = frame.groupby(GROUP, sort=False)
+    mean = lambda c: g[c].mean() if c in frame else pd.Series(np.nan, index=g.size().index)  # noqa: E731
+    return pd.DataFrame({"images": g.size(), "success_rate": mean("success"), "projected": mean("projected")})

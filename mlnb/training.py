@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .probability import sigmoid as exact_sigmoid
-from .models import AUX_WEIGHT, build_model, predict_scores
+from .models import AUX_WEIGHT, build_model, model_dtype, predict_scores
 from .utils import cpu_threads, data_root, param_hash
 from .validate import check_choice, check_label_matrix, check_positive
 
@@ -65,6 +65,7 @@ def eq12_loss(logits: torch.Tensor, y: torch.Tensor, lam: float = 0.5, scores: s
     """
     check_label_matrix(y, "y", num_labels=logits.shape[-1])
     check_choice("scores", scores, SCORE_KINDS)
+    check_positive("lam", lam, allow_zero=True)
     if logits.shape != y.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must have the same shape")
     # the exact-gradient sigmoid: a label at logit 20 (probability 1.0 in float32) keeps its true,
@@ -87,9 +88,10 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
                 progress: bool = True, device=None, clock=time.perf_counter, inputs=None,
                 desc: str = "training") -> dict:
     """Train ``model`` on ``train_set`` (a :class:`mlnb.data.MultiLabelDataset`) with Adam and a cosine
-    learning-rate schedule; random horizontal flips when ``augment``. ``loss="eq12"`` (Eq. 12 with
-    weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or ``"bce"``. Stops early,
-    after the step during which more than ``max_seconds`` have passed. Leaves the model in eval mode.
+    learning-rate schedule on shuffled batches of ``batch_size`` images (a last batch of one image joins the
+    batch before it: BatchNorm cannot train on one value per channel); random horizontal flips when ``augment``.
+    ``loss="eq12"`` (Eq. 12 with weight ``lam``, ``f`` = ``scores``: ``"probability"`` or ``"logit"``) or
+    ``"bce"``. Stops early, after the step in which more than ``max_seconds`` have passed. Ends in eval mode.
 
     ``clock`` (keyword-only, default :func:`time.perf_counter`): a callable returning seconds as a float,
     used for ``max_seconds`` and ``train_seconds``. It is read once before the first step, after every
@@ -110,6 +112,7 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     check_choice("scores", scores, SCORE_KINDS)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         check_positive(name, v, integer=True)
+    epochs, batch_size = int(epochs), int(batch_size)
     check_positive("lr", lr)
     check_positive("lam", lam, allow_zero=True)
     if max_seconds is not None:
@@ -119,9 +122,9 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     if len(train_set) == 0:
         raise ValueError("train_set is empty: pass at least one training image")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
+    dtype = model_dtype(model.to(device))  # the data sets' float32 images are cast for a float64 (or half) model
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / batch_size) - (len(train_set) % batch_size == 1))
     total = epochs * steps_per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
@@ -132,11 +135,11 @@ def train_model(model: torch.nn.Module, train_set, *, epochs: int, batch_size: i
     for _ in range(epochs):
         order, running = torch.randperm(len(train_set), generator=gen), []
         for k in range(steps_per_epoch):
-            x, y = train_set.tensors(order[k * batch_size:(k + 1) * batch_size])
+            x, y = train_set.tensors(order[k * batch_size:(k + 1) * batch_size if k + 1 < steps_per_epoch else None])
             if augment:
                 flip = torch.rand(x.shape[0], generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, dtype), y.to(device)
             value = _loss(model(x if inputs is None else inputs(model, x, y)), y, loss, lam, scores)
             opt.zero_grad(set_to_none=True)
             value.backward()
@@ -216,9 +219,10 @@ def load_model(path: str | Path, device=None, expect: dict | None = None) -> tup
                          f"delete it and retrain") from err
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit a {meta['backbone']} with {meta['num_labels']} labels: "
-                         f"{str(err).splitlines()[0]} -- delete it and retrain") from err
+    except RuntimeError as err:  # torch's first line only names the class: show the first mismatch
+        detail = ([line.strip() for line in str(err).splitlines() if line.strip()] + [""])[1][:300]
+        raise ValueError(f"checkpoint {path} does not fit a {meta['backbone']} with {meta['num_labels']} labels "
+                         f"({detail}): delete it and retrain") from err
     if device is not None:
         model.to(device)
     return model.eval(), meta
@@ -235,7 +239,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype (bf16)
     return h.hexdigest()[:16]
 
 

@@ -29,9 +29,17 @@ def check_choice(name: str, value, valid: Iterable) -> None:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(map(repr, valid))}")
 
 
+def _python_number(name: str, value, integer: bool) -> None:
+    """A NumPy (or other non-Python) number gets a message that says how to pass it."""
+    if isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, (bool, int, float)):
+        want, cast = ("int", "int") if integer else ("int or float", "float")
+        raise TypeError(f"{name} must be a Python {want}, got {value!r}: pass {name}={cast}({name})")
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False, integer: bool = False) -> None:
     """Raise if a budget / rate / epsilon is not a finite positive number (or int)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _python_number(name, value, integer)
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if integer and not float(value).is_integer():
         raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -66,6 +74,7 @@ def check_annotated(name: str, value, annotation) -> None:
 def check_int(name: str, value, minimum: int = 1) -> None:
     """A whole-number budget ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
+        _python_number(name, value, True)
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}: pass e.g. {name}={max(minimum, 10)}")
@@ -74,6 +83,7 @@ def check_int(name: str, value, minimum: int = 1) -> None:
 def check_int_range(name: str, value, lo: int, hi: int) -> int:
     """A whole number in ``[lo, hi]`` (a JPEG quality, a bit depth, a bin count); returns it."""
     if isinstance(value, bool) or not isinstance(value, int):
+        _python_number(name, value, True)
         raise TypeError(f"{name} must be an int in [{lo}, {hi}], got {type(value).__name__} {value!r}")
     if not lo <= value <= hi:
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}: pass e.g. {name}={hi}")

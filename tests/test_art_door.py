@@ -166,6 +166,28 @@ def test_bad_classifiers_params_and_targets_raise_clear_errors(case):
         atk.generate(xs * 2, y_star)  # pixels outside [0, 1]
 
 
+@needs_art
+def test_set_params_values_shapes_dtypes_and_one_label_models(case):
+    import copy
+
+    model, x, y, A, B = case
+    atk = art_door.MultiLabelCW(classifier(model), verbose=False)
+    with pytest.raises(TypeError, match="ml_cw.max_iter must be int, got str 'abc'"):
+        atk.set_params(max_iter="abc")  # refused here, not later inside generate
+    fgs = art_door.MultiLabelFGS(classifier(model), verbose=False)
+    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8\) but the classifier was built for input_shape="
+                                         r"\(3, 16, 16\)"):
+        fgs.generate(x[:, :, :8, :8].numpy(), (y ^ A).numpy())
+    # a float64 model gets float64 images (they used to be cast to float32) and gives mlnb's own float64 result
+    wide = copy.deepcopy(model).double()
+    xs = x.double().numpy()
+    got = art_door.MultiLabelFGS(classifier(wide), verbose=False).generate(xs, (y ^ A).numpy())
+    ref = attacks.fgs(wide, x.double(), y, A, ~A, progress=False)
+    assert got.dtype == np.float64 and np.array_equal(got, ref.x_adv.numpy())
+    with pytest.raises(ValueError, match="nb_classes >= 2, got num_labels=1"):
+        art_door.art_classifier(torch.nn.Linear(3, 1).eval(), (3,), 1)
+
+
 def test_nothing_but_the_door_imports_art():
     """``import mlnb`` and every other module work without ART: only art_door.py names it."""
     importers = []

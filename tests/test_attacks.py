@@ -590,3 +590,26 @@ def test_float64_logits_are_not_rounded_to_float32(name):
     res = attacks.ATTACKS[name](_Float64Logits().eval(), x, y, A, ~A, progress=False, **kw)
     assert res.logits.dtype == torch.float64 and bool((res.logits[:, 0] < 0).all())
     assert not bool(res.success.any())
+
+
+@pytest.mark.parametrize("name", NAMES + ["mla_lp"])
+def test_an_attack_called_under_no_grad_gives_the_same_result(name):
+    """Every attack takes its own gradients, also inside a caller's ``torch.no_grad()`` block."""
+    model, x, y, A, B = tiny_problem("random", 4)
+    attack = getattr(attacks, name)
+    kw = {**FAST.get(name, {"max_iter": 5}), "progress": False}
+    plain = attack(model, x, y, A, B, **kw)
+    with torch.no_grad():
+        inside = attack(model, x, y, A, B, **kw)
+    assert torch.equal(plain.x_adv, inside.x_adv) and torch.equal(plain.logits, inside.logits)
+    assert bool((plain.x_adv != x).any())  # the attack did move the images: gradients were taken
+
+
+@pytest.mark.parametrize("name", ["topk_untargeted", "topk_universal"])
+def test_a_topk_attack_called_under_no_grad_gives_the_same_result(name):
+    model, x, y, _, _ = tiny_problem("random", 4)
+    attack = getattr(attacks, name)
+    plain = attack(model, x, y, k=1, max_iter=5, progress=False)
+    with torch.no_grad():
+        inside = attack(model, x, y, k=1, max_iter=5, progress=False)
+    assert torch.equal(plain.x_adv, inside.x_adv) and bool((plain.x_adv != x).any())

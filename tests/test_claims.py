@@ -523,3 +523,34 @@ def test_reasons_name_the_failing_comparison_and_the_straddled_boundary():
     assert row(w, "r2_comparable")["reason"] == "does not hold: ML-CW - Rank II F1"
     w = setv(world(), "reduce", "rank1", "hamming_A", 0.5 + 0.5 * ALT)
     assert row(w, "r1_high")["reason"].startswith("95% CI straddles the boundary: reduce Rank I Hamming(A)")
+
+
+# ----------------------------------------------------------------------------- arguments (stress test)
+@pytest.mark.unit
+def test_unknown_data_set_is_an_error_naming_the_valid_ones():
+    for call in (lambda: C.table4_claims(world(), "voc207", n_boot=50),
+                 lambda: C.table5_claims(world(), "voc207", n_boot=50),
+                 lambda: C.table4_claims_from_table(paper_table(4), "voc207"),
+                 lambda: C.table5_claims_from_table(paper_table(5), "voc2012")):  # Table V has VOC 2007 only
+        with pytest.raises(ValueError, match=r"unknown dataset '(voc207|voc2012)': choose one of 'voc2007'"):
+            call()
+    with pytest.raises(ValueError, match="choose one of 'voc2007', 'voc2012'"):
+        C.table4_claims_from_table(paper_table(4), "voc207")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n_boot", [0, -5, 1])
+def test_n_boot_needs_two_resamples_at_least(n_boot):
+    """One resample would make every interval a point (Est.is_point): a bootstrap decision read as a point one."""
+    with pytest.raises(ValueError, match=f"n_boot must be >= 2, got {n_boot}"):
+        C.table4_claims(world(), n_boot=n_boot)
+    with pytest.raises(TypeError, match="n_boot"):
+        C.table5_claims(world(), n_boot=2.5)
+    assert C.table4_claims(world(), n_boot=2)["state"].isin(S.STATES).all()
+
+
+@pytest.mark.unit
+def test_seed_is_checked_before_any_resampling():
+    for seed in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            C.table4_claims(world(), n_boot=10, seed=seed)

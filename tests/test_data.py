@@ -143,3 +143,30 @@ def test_load_dataset_validates(kwargs, match):
 
 def test_datasets_listing():
     assert set(DATASETS) == {"animals", "voc2007", "voc2012"}
+
+
+def _tiny(n=5, labels=4):
+    imgs = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    return MultiLabelDataset("t", "train", torch.eye(n, labels, dtype=torch.bool), [f"l{j}" for j in range(labels)],
+                             [str(i) for i in range(n)], images=imgs)
+
+
+@pytest.mark.unit
+def test_tensors_takes_a_bool_mask_of_rows():
+    ds = _tiny()
+    x, y = ds.tensors(torch.tensor([False, False, False, True, True]))
+    assert (x[:, 0, 0, 0] * 255).round().tolist() == [3.0, 4.0] and torch.equal(y, ds.labels[3:])
+    assert torch.equal(ds.tensors([3, 4])[0], x)
+    with pytest.raises(ValueError, match=r"bool mask of rows must have shape \(5,\)"):
+        ds.tensors(torch.tensor([True, False]))
+
+
+@pytest.mark.unit
+def test_a_data_set_checks_its_parts_when_made():
+    ds = _tiny()
+    with pytest.raises(ValueError, match="images must be a uint8 tensor.*round\\(\\).to\\(torch.uint8\\)"):
+        MultiLabelDataset("t", "train", ds.labels, ds.label_names, ds.ids, images=torch.rand(5, 3, 2, 2))
+    with pytest.raises(ValueError, match="one name per column"):
+        MultiLabelDataset("t", "train", ds.labels, ds.label_names[:2], ds.ids, images=ds._images)
+    with pytest.raises(ValueError, match="labels must be a bool tensor"):
+        MultiLabelDataset("t", "train", ds.labels.float(), ds.label_names, ds.ids, images=ds._images)

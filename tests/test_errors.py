@@ -176,6 +176,44 @@ def test_images_require_grad(case):
         attacks.ml_cw(model, x.requires_grad_(True), y, A, B, **FAST)
 
 
+class NoGrad(torch.nn.Module):
+    """A model whose forward runs under ``torch.no_grad()`` (e.g. a wrapped purifier)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)
+
+
+def test_model_without_input_gradient(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "the model's logits do not depend differentiably on x"):
+        attacks.fgs(NoGrad(model).eval(), x, y, A, B, **FAST)
+
+
+def test_attack_under_inference_mode(case):
+    model, x, y, A, B = case
+    with torch.inference_mode(), raises(ValueError, "the attack was called under torch.inference_mode()"):
+        attacks.ml_dp(model, x, y, A, B, **FAST)
+
+
+def test_images_and_model_of_different_dtypes(case):
+    model, x, y, A, B = case
+    with raises(ValueError, "x is torch.float32 but the model's weights are torch.float64; pass x.to(torch.float64)"):
+        attacks.ml_cw(model.double(), x, y, A, B, **FAST)
+
+
+def test_numpy_number_as_a_parameter(case):
+    import numpy as np
+
+    model, x, y, A, B = case
+    with raises(TypeError, "eps must be a Python int or float, got np.float32(0.1): pass eps=float(eps)"):
+        attacks.fgs(model, x, y, A, B, eps=np.float32(0.1), **FAST)
+
+
 def test_mask_not_a_tensor(case):
     model, x, y, A, B = case
     with raises(TypeError, "A must be a torch.Tensor of shape (N, L), got list"):

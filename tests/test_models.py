@@ -39,6 +39,25 @@ def test_normalisation_lives_inside_the_model():
     assert "mean" in model.state_dict() and "std" in model.state_dict()
 
 
+@pytest.mark.parametrize("backbone", ["small_cnn", "inception_v3"])
+def test_the_smallest_image_size_runs_and_a_smaller_one_is_refused_at_build_time(backbone):
+    size = models.MIN_IMAGE_SIZE[backbone]
+    with torch.no_grad():
+        assert build_model(backbone, 2, image_size=size).eval()(torch.rand(1, 3, size, size)).shape == (1, 2)
+    with pytest.raises(ValueError, match=f"image_size {size - 1} is too small for {backbone}.*image_size={size}"):
+        build_model(backbone, 2, image_size=size - 1)
+    with pytest.raises(RuntimeError):  # the network itself cannot run there: the minimum is not too strict
+        with torch.no_grad():
+            models.MultiLabelNet(build_model(backbone, 2, image_size=size).net, backbone, 2, size).eval()(
+                torch.rand(1, 3, size - 1, size - 1))
+
+
+def test_a_gray_image_is_refused_not_broadcast_to_three_channels():
+    model = build_model("small_cnn", 3).eval()
+    with pytest.raises(ValueError, match=r"RGB images \(N, 3, H, W\), got shape \(2, 1, 40, 40\).*expand"):
+        model(torch.rand(2, 1, 40, 40))
+
+
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ValueError, match="small_cnn"):
         build_model("vgg16", 10)

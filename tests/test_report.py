@@ -90,3 +90,17 @@ def test_missing_root_is_a_clear_error(tmp_path):
 def test_missing_html_dir_still_lists_results(results):
     text = write_index(results, results / "no-html").read_text()
     assert "08_case_study/fig2.png" in _hrefs(text)
+
+
+def test_seconds_that_are_not_a_number_are_left_out(results):
+    """pipeline.json written by hand or by a failed run: null / text seconds and failed notebooks get no time."""
+    (results / "pipeline.json").write_text(json.dumps({"notebooks": {
+        "08_case_study": {"status": "ok", "seconds": None},
+        "09_jpeg_defense": {"status": "failed", "seconds": 3.0, "error": "boom"},
+        "11_orphan": {"status": "ok", "seconds": "12"}, "misc": [1, 2]}}))
+    text = write_index(results).read_text()
+    assert "ran in" not in text
+    (results / "pipeline.json").write_text(json.dumps({"notebooks": {
+        "08_case_study": {"status": "ok", "seconds": None}, "09_jpeg_defense": {"status": "ok", "seconds": 7}}}))
+    text = write_index(results).read_text()
+    assert text.count("ran in") == 1 and "ran in 7.0 s" in text

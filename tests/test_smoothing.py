@@ -190,3 +190,13 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="n_samples"):
         SmoothedModel(model, 0.25, n_samples=0)
     assert isinstance(Certificate, type)
+
+
+@pytest.mark.unit
+def test_counts_outside_their_draws_are_refused():
+    """Swapped n0 and n (or float counts) would give a certificate of the wrong draws without this check."""
+    with pytest.raises(ValueError, match=r"counts_selection must hold integer counts in \[0, 10\].*n0 \(10\)"):
+        certificate_from_counts(torch.tensor([[200]]), torch.tensor([[5]]), n0=10, n=100, sigma=0.5, alpha=0.01)
+    with pytest.raises(ValueError, match="counts_estimation must hold integer counts"):
+        certificate_from_counts(torch.tensor([[5]]), torch.tensor([[5.0]]), n0=10, n=100, sigma=0.5, alpha=0.01)
+    certificate_from_counts(torch.tensor([[10]]), torch.tensor([[100]]), n0=10, n=100, sigma=0.5, alpha=0.01)

@@ -202,3 +202,39 @@ def test_with_ci_formats_mean_and_interval():
     assert out["Hamming(B)"].iloc[0] == "N.A." and out["Clean"].iloc[0].startswith("3 [")
     tiny = pd.DataFrame({"F1": [0.5]})
     assert with_ci(tiny, tiny - 0.25, tiny + 0.25)["F1"].iloc[0] == "0.5000 [0.2500, 0.7500]"
+
+
+# ----------------------------------------------------------------------------- lines that are JSON but not records
+@pytest.mark.parametrize("line, last", [(b"[1, 2]", False), (b'{"image_id": "x"}', False), (b"null", False),
+                                        (b'{"index": "a", "image_id": "x"}', False), (b'{"index": 1.5}', False),
+                                        (b"[1, 2]", True), (b"null", True)])
+def test_a_json_line_that_is_not_a_record_names_the_file_and_line(tmp_path, line, last):
+    store = ResultStore(tmp_path, "run")
+    store.append([_rec(1)])
+    tail = b"" if last else (dumps_record(_rec(3)) + "\n").encode()
+    with open(store.shard, "ab") as fh:
+        fh.write(b"\n" + line + b"\n" + tail)  # a blank line 2 is skipped; line 3 is not a record
+    before = store.shard.read_bytes()
+    with pytest.raises(ValueError) as err:
+        ResultStore(tmp_path, "run")
+    msg = str(err.value)
+    assert str(store.shard) in msg and "line 3 (byte " in msg and line.decode() in msg
+    assert 'not a record (a JSON object with a whole-number "index")' in msg and "move the file away" in msg
+    assert store.shard.read_bytes() == before  # a whole line is not a half-written one: nothing is cut
+
+
+def test_records_frame_and_summary_without_the_optional_keys():
+    from mlnb.store import records_frame, summary
+
+    frame = records_frame([{"index": 0, "image_id": "a", "rmsd": 1.0}])  # only what the module requires
+    assert frame["p_clean"].isna().all() and frame["p_adv"].isna().all() and frame.loc[0, "rmsd"] == 1.0
+    mixed = records_frame([{"index": 0, "image_id": "a", "A": [1], "scores_clean": [0.1, 0.7], "scores_adv": [0.2, 0.3]},
+                           {"index": 1, "image_id": "b"}])  # a record without A or scores: NaN, the other unchanged
+    assert mixed["p_clean"].tolist()[0] == 0.7 and mixed["p_adv"].tolist()[0] == 0.3 and mixed["p_adv"].isna().tolist()[1]
+    with pytest.raises(ValueError, match="summary needs the records' keys dataset, strategy, attack"):
+        summary(frame)
+    keyed = records_frame([{"index": i, "image_id": str(i), "dataset": "d", "strategy": "random", "attack": "fgs",
+                            "success": i > 0} for i in range(4)])
+    s = summary(keyed)
+    assert s.loc[("d", "random", "fgs"), "images"] == 4 and s.loc[("d", "random", "fgs"), "success_rate"] == 0.75
+    assert math.isnan(s.loc[("d", "random", "fgs"), "projected"])  # not recorded: NaN, not KeyError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlnb.running.sweep import parse_grid, resolve_notebook, run_sweep
+from mlnb.running.sweep import check_parameters, main, parse_grid, parse_set, resolve_notebook, run_sweep
 
 
 @pytest.mark.unit
@@ -13,6 +13,29 @@ def test_parse_grid_reads_literals_never_code():
     assert parse_grid(["X=__import__('os').getcwd()"]) == {"X": ["__import__('os').getcwd()"]}
     with pytest.raises(ValueError, match="NAME=v1,v2"):
         parse_grid(["MAX_RMSD"])
+
+
+@pytest.mark.unit
+def test_commas_inside_quotes_or_brackets_stay_in_their_value():
+    grid = parse_grid(["ATTACKS='ml_cw,rank1','fgs'", "QUALITIES=[10,20],[30]", "ATTACKS2=ml_cw,rank1"])
+    assert grid == {"ATTACKS": ["ml_cw,rank1", "fgs"], "QUALITIES": [[10, 20], [30]], "ATTACKS2": ["ml_cw", "rank1"]}
+    # --set takes the whole text as one value: a list of attacks is one string, a list literal one list
+    assert parse_set(["ATTACKS=ml_cw,rank1", "QUALITIES=[10,20]", "SEED=1"]) == {
+        "ATTACKS": "ml_cw,rank1", "QUALITIES": [10, 20], "SEED": 1}
+    with pytest.raises(ValueError, match="NAME=value"):
+        parse_set(["SEED"])
+
+
+@pytest.mark.unit
+def test_a_misspelled_parameter_is_refused_before_any_run(tmp_path):
+    """papermill only warns about an unknown parameter and runs the notebook with its defaults."""
+    notebook = resolve_notebook("06")
+    check_parameters(notebook, {"PRESET": "smoke", "MAX_RMSD": [1.0]})
+    with pytest.raises(ValueError, match="no parameter 'SEEED'.*MAX_RMSD.*SEED"):
+        run_sweep("06", {"SEEED": [0, 1]}, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="no parameter 'PRESTE'"):
+        main(["--notebook", "06", "--grid", "SEED=0", "--set", "PRESTE=smoke", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.unit

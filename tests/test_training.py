@@ -193,3 +193,60 @@ def test_default_model_quality_budget(record_property):
 def test_get_target_model_rejects_a_data_set_outside_the_preset():
     with pytest.raises(ValueError, match="unknown dataset of this preset 'voc2012'"):
         get_target_model("smoke", dataset="voc2012", progress=False)
+
+
+def _batch_sizes(n, batch_size, backbone="small_cnn", epochs=1):
+    """The batch sizes ``train_model`` trains one epoch on (recorded through its ``inputs`` hook)."""
+    sizes = []
+    model = build_model(backbone, 10, image_size=16)
+    train_model(model, _toy_set(n), epochs=epochs, batch_size=batch_size, lr=1e-3, progress=False,
+                inputs=lambda m, x, y: (sizes.append(x.shape[0]), x)[1])
+    return sizes
+
+
+@pytest.mark.unit
+def test_a_last_batch_of_one_image_joins_the_batch_before_it():
+    # ResNet-18 at 16 px ends in 1x1 feature maps: BatchNorm cannot train on a batch of one there
+    assert _batch_sizes(9, 4, "resnet18") == [4, 5]
+    assert _batch_sizes(10, 4) == [4, 4, 2] and _batch_sizes(5, 4) == [5] and _batch_sizes(7, 3) == [3, 4]
+    assert _batch_sizes(5, 2.0, epochs=1.0) == [2, 3]  # whole-number floats are taken as ints
+
+
+@pytest.mark.unit
+def test_a_float64_model_trains_and_scores_in_float64():
+    ds = _toy_set(8)
+    model = build_model("small_cnn", 10, image_size=16).double()
+    train_model(model, ds, epochs=1, batch_size=4, lr=1e-3, progress=False)
+    assert predict_scores(model, ds).dtype == torch.float64
+    assert predict_scores(model, ds.tensors()[0]).dtype == torch.float64
+
+
+@pytest.mark.unit
+def test_fingerprint_reads_any_dtype_and_keeps_its_float32_value():
+    import hashlib
+
+    model = build_model("small_cnn", 3, image_size=16)
+    h = hashlib.sha256()  # the fingerprint's definition before it read raw bytes (numpy cannot hold bfloat16)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    assert training.weights_fingerprint(model) == h.hexdigest()[:16]
+    assert training.weights_fingerprint(model.to(torch.bfloat16)) != h.hexdigest()[:16]
+
+
+@pytest.mark.unit
+def test_eq12_refuses_a_negative_weight():
+    with pytest.raises(ValueError, match="lam must be a finite non-negative number"):
+        eq12_loss(torch.zeros(2, 2), torch.eye(2, dtype=torch.bool), lam=-1)
+
+
+@pytest.mark.unit
+def test_a_checkpoint_that_does_not_fit_names_the_first_mismatch(tmp_path):
+    model = build_model("small_cnn", 3, image_size=16)
+    path = tmp_path / "m.pt"
+    save_model(model, path, {"backbone": "small_cnn", "num_labels": 3, "image_size": 16, "label_names": list("abc")})
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["net.fc.weight"] = torch.zeros(3, 7)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"does not fit a small_cnn with 3 labels \(size mismatch for net.fc.weight"):
+        load_model(path)

@@ -67,7 +67,7 @@ def check_params(attack: str, params: dict) -> None:
 # take the same arguments and return the same AttackResult, but are not in ATTACKS (the paper's six).
 from .mla_lp import mla_lp  # noqa: E402
 from .topk import TOPK_STRATEGIES, topk_targeted, topk_targets, topk_universal, topk_untargeted  # noqa: E402
-from .topk_metrics import in_topk, topk_report, topk_success  # noqa: E402
+from .topk_metrics import in_topk, topk_margin, topk_report, topk_success  # noqa: E402
 
 __all__ += ["mla_lp", "topk_untargeted", "topk_targeted", "topk_universal", "topk_targets", "TOPK_STRATEGIES",
-            "in_topk", "topk_success", "topk_report"]
+            "in_topk", "topk_success", "topk_margin", "topk_report"]

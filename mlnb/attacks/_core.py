@@ -35,7 +35,8 @@ class AttackResult:
     * ``n_satisfied`` ``(N,)`` int: constraints of Eq. (4) satisfied, out of ``n_constraints = |A| + |B|``.
     * ``iterations`` ``(N,)`` int: optimisation steps (gradient evaluations) used for that image.
     * ``param`` ``(N,)`` float: the λ (ML-CW, Rank I/II) or ε (FGS, FG) of the returned example;
-      NaN where no parameter applies (ML-DP, clean image returned).
+      NaN where no parameter applies (ML-DP, the clean image returned by ML-CW or Rank I/II; FGS and FG
+      report the ε = 0 of their grid for it).
     * ``kendall_tau`` ``(N,)`` float: Kendall tau-b between the scores and ``y_tau`` (Sec. III-C2);
       NaN where ``y_tau`` is constant.
     * ``extras``: attack-specific additions (``"n_constraints"``, ``"l2"`` of the perturbation, ...).
@@ -119,9 +120,22 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
     if autocast_dtype not in AUTOCAST_CHOICES:
         raise ValueError(f"autocast_dtype must be None or torch.bfloat16, got {autocast_dtype!r}")
     V.check_annotated("channels_last", channels_last, bool)
-    with torch.no_grad():
-        probe = model(x[:1])
+    if torch.is_inference_mode_enabled():
+        raise ValueError("the attack was called under torch.inference_mode(), where no gradient can be taken: "
+                         "call it outside that block (torch.no_grad() is fine: the attacks enable gradients)")
+    try:
+        probe = model(x[:1].detach().requires_grad_(True))  # one image, with its graph
+    except RuntimeError as err:
+        dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), x.dtype)
+        if dtype == x.dtype:
+            raise
+        raise ValueError(f"the model failed on x ({str(err).splitlines()[0]}): x is {x.dtype} but the model's "
+                         f"weights are {dtype}; pass x.to({dtype}) or convert the model with model.to({x.dtype})") from err
     V.check_logits(probe, 1, int(target.y.shape[1]))
+    if not probe.requires_grad:
+        raise ValueError("the model's logits do not depend differentiably on x (its forward runs under torch.no_grad() "
+                         "or detaches), and every attack needs their gradient w.r.t. the input: remove that from "
+                         "forward, or wrap a non-differentiable defense with mlnb.defenses.DefendedModel(bpda=True)")
     return Runtime(model, autocast_dtype, channels_last, batch_size), target
 
 

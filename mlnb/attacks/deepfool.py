@@ -160,6 +160,7 @@ def _flush(S: dict, out: dict, finished: torch.Tensor) -> dict:
     return flush_finished(S, out, finished, {"x_adv": "b_x", "iterations": "iters"})
 
 
+@torch.enable_grad()  # also when called under torch.no_grad(): every attack takes gradients
 def ml_dp(model, x, y, A=None, B=None, *, generator=None, progress=True, max_iter: int = 20, overshoot: float | None = None,
           form: str = "greedy", batch_size: int | None = None, autocast_dtype=None,
           channels_last: bool = False) -> AttackResult:

@@ -5,6 +5,8 @@ Introduced in notebooks/02_baselines_fgs_fg.ipynb.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,7 @@ def pick_scenario(n_met_: torch.Tensor, n_constraints: torch.Tensor) -> int:
     return int(torch.where(full == full.max(), total, -1).argmax())
 
 
+@torch.enable_grad()  # also when called under torch.no_grad(): every attack takes gradients
 def _one_step_attack(norm, model, x, y, A, B, progress, eps, eps_max, n_eps, batch_size, autocast_dtype,
                      channels_last) -> AttackResult:
     rt, goal = setup(model, x, y, A, B, batch_size=batch_size, autocast_dtype=autocast_dtype,
@@ -76,7 +79,7 @@ def _one_step_attack(norm, model, x, y, A, B, progress, eps, eps_max, n_eps, bat
         grid = torch.linspace(0, float(eps_max), int(n_eps))
         if eps == "scenario":
             grid = grid[1:]  # one ε > 0 for every image: no clean-image fallback
-    elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+    elif isinstance(eps, numbers.Real) and not isinstance(eps, bool):  # a NumPy number: check_positive says how
         V.check_positive("eps", eps)
         grid = torch.tensor([float(eps)])
     else:
@@ -95,7 +98,7 @@ def _one_step_attack(norm, model, x, y, A, B, progress, eps, eps_max, n_eps, bat
         pick = torch.full((x.shape[0],), pick_scenario(r["n_met"], goal.n_constraints), dtype=torch.int64, device=x.device)
     chosen = grid.to(x.device)[pick]
     x_adv = (x - chosen.view(-1, 1, 1, 1) * r["d"]).clamp(0, 1)
-    curve = {"eps_grid": grid, "success_by_eps": (r["n_met"] == goal.n_constraints[:, None]).float().mean(0)}
+    curve = {"eps_grid": grid.to(x.device), "success_by_eps": (r["n_met"] == goal.n_constraints[:, None]).float().mean(0)}
     return finalize(rt, x, x_adv, goal, (chosen > 0).long(), chosen, curve)
 
 
@@ -121,7 +124,7 @@ def fgs(model, x, y, A=None, B=None, *, generator=None, progress=True, eps: floa
     ``loss`` is the per-label sigmoid (BCE-with-logits) loss towards ``y* = y XOR A`` summed over
     ``A ∪ B``; one gradient per image. The paper searches ε in [0, 10] on the 0-255 scale, so
     ``eps_max = 10/255``. {eps_doc}
-    ``param`` is the chosen ε; ``iterations`` is 1 (0 where the clean image was kept).
+    ``param`` is the chosen ε (0 where the clean image was kept); ``iterations`` is 1 (0 there).
 
     >>> res = fgs(model.eval(), x, y, A, B, eps_max=10 / 255)
     >>> res.success.float().mean()

@@ -4,6 +4,8 @@ Introduced in notebooks/03_ml_cw.ipynb.
 """
 from __future__ import annotations
 
+import torch
+
 from .. import validate as V
 from ._core import AttackResult, setup
 from ._driver import run_search
@@ -12,6 +14,7 @@ from .losses import cw_margin, cw_progress, cw_step
 HINGE_SPACES = ("probability", "logit")
 
 
+@torch.enable_grad()  # also when called under torch.no_grad(): every attack takes gradients
 def ml_cw(model, x, y, A=None, B=None, *, generator=None, progress=True, lambda_init: float = 1e5, n_search: int = 10,
           max_iter: int = 1000, lr: float = 1e-2, kappa: float = 0.0, hinge_space: str = "probability",
           tanh_eps: float = 1e-6, check_every: int = 10, early_abort: bool = True, trace: bool = False,

@@ -114,6 +114,7 @@ def mla_lp_kernel(rt, x: torch.Tensor, goal, *, max_iter: int, solver: str, bar)
     return out
 
 
+@torch.enable_grad()  # also when called under torch.no_grad(): every attack takes gradients
 def mla_lp(model, x, y, A=None, B=None, *, generator=None, progress=True, max_iter: int = 20,
            solver: str = "simplex", batch_size: int | None = None, autocast_dtype=None,
            channels_last: bool = False) -> AttackResult:

@@ -25,6 +25,7 @@ def ranking_sets(goal: Target, omega_zero: str = "C") -> dict[str, torch.Tensor]
     return {name: getattr(d, name) for name in RANKING_SETS}
 
 
+@torch.enable_grad()  # also when called under torch.no_grad(): every attack takes gradients
 def _rank_attack(name, n_terms, model, x, y, A, B, progress, *, lambda_init, n_search, max_iter, lr,
                  omega_zero, threshold, pairwise, weights, select, tanh_eps, check_every, early_abort, trace,
                  batch_size, autocast_dtype, channels_last) -> AttackResult:

@@ -16,6 +16,22 @@ space, the perturbation projected onto the L2 ball of radius ``eps``; the return
 successful iterate of smallest L2 (the clean image if none). Targets come from
 :func:`topk_targets` (the paper's strategies: best, random, worst).
 
+* **The margin** ``κ`` (``kappa``): an iterate counts as successful (it may be returned, and ends an
+  untargeted search) only when the goal holds by ``κ``, i.e. the hinge is 0
+  (:func:`~mlnb.attacks.topk_metrics.topk_margin` ``>= κ``); ``κ = 0`` is plain top-k success. The reported
+  ``success`` is plain top-k success of the returned example whatever ``κ``; its margin is
+  ``extras["margin"]``. An image whose iterates never reach the margin gets the clean image back.
+* **Already there**: an image whose clean logits already reach the goal (by ``κ``) is returned exactly
+  as given, with 0 iterations, and takes no step (it stays in the batch, frozen, so that the other
+  images' results do not depend on it).
+* **Pixels at exactly 0 or 1 hardly move**: such a pixel starts at ``w = atanh(±(1 - 1e-6))``, where
+  ``d x' / d m`` is about ``1e-6``; the gradient reaching ``m`` is scaled by it and so is the step's effect
+  on the pixel, and plain gradient descent does not rescale it (Adam, as in :func:`~mlnb.attacks.ml_cw`,
+  would), so the pixel moves about ``1e-12 · lr`` times its gradient per step. On binary (0 / 1) images
+  every pixel is stuck and the attack fails (success 0, no warning). Map such images into ``[δ, 1 - δ]``
+  first (e.g. ``x = 0.01 + 0.98 * x``, if the model tolerates the change). In :func:`topk_universal` the
+  same holds for the pixels that ``clip(x + δ)`` puts at 0 or 1.
+
 Introduced in notebooks/13_successors.ipynb.
 """
 from __future__ import annotations
@@ -27,7 +43,7 @@ import torch
 from .. import validate as V
 from ..target import Target
 from ._core import AttackResult, finalize, progress_bar, run_in_chunks, setup
-from .topk_metrics import in_topk, topk_success
+from .topk_metrics import _check_scores, _in_topk, _margin, _reached, _success
 
 TOPK_STRATEGIES = ("best", "random", "worst")
 TANH_EPS = 1e-6
@@ -38,12 +54,14 @@ def topk_targets(logits: torch.Tensor, y: torch.Tensor, k: int, strategy: str = 
     """``(N, L)`` bool: ``k`` target labels per image among the labels outside ``y``, picked by score
     (``logits`` ``(N, L)`` of the clean images): ``"best"`` the ``k`` highest (easiest to lift),
     ``"worst"`` the ``k`` lowest, ``"random"`` ``k`` drawn uniformly with ``generator``. Every image
-    needs at least ``k`` negative labels.
+    needs at least ``k`` negative labels; ``k`` in ``[1, L]``; ``generator`` a ``torch.Generator`` or None.
 
     Introduced in notebooks/13_successors.ipynb."""
     V.check_choice("strategy", strategy, TOPK_STRATEGIES)
-    V.check_same_rows(logits=logits, y=y)
-    V.check_int_range("k", k, 1, int(y.shape[1]))
+    _check_scores(logits, y, k)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__} {generator!r}: "
+                        "pass e.g. generator=torch.Generator().manual_seed(0)")
     short = (~y).sum(1) < k
     if bool(short.any()):
         raise ValueError(f"images {short.nonzero().flatten().tolist()[:10]} have fewer than k={k} negative "
@@ -85,24 +103,29 @@ def topk_kernel(rt, x: torch.Tensor, y: torch.Tensor, targets, *, k: int, eps: f
                 lr: float, kappa: float, stop_early: bool, bar) -> dict:
     """The per-image search for ``x`` ``(n, C, H, W)``: ``x' = x + P_eps((tanh(w + m) + 1)/2 - x)`` with
     ``w = atanh((2x - 1)(1 - 1e-6))``, ``m`` updated by SGD (``lr``) on :func:`topk_hinge`; keeps the
-    successful iterate of smallest L2. ``stop_early``: an image stops at its first success (untargeted,
-    as the reference). Returns ``x_adv``, ``iterations``, ``found`` ``(n,)`` bool.
+    successful iterate (goal reached by the margin ``kappa``) of smallest L2. ``stop_early``: an image stops
+    at its first success (untargeted, as the reference). An image already successful at ``x`` is frozen:
+    returned as given, 0 iterations. Returns ``x_adv``, ``iterations``, ``found`` ``(n,)`` bool (the goal
+    reached by ``kappa``, at ``x`` or by an iterate).
 
     Introduced in notebooks/13_successors.ipynb (through the attacks)."""
     n = x.shape[0]
+    with torch.no_grad():
+        done = _reached(rt.logits(x), y, k, targets, kappa)  # already there: frozen, returned unchanged
     w = torch.atanh((2 * x - 1) * (1 - TANH_EPS))
     m = torch.zeros_like(x, requires_grad=True)
     best_x, best_l2 = x.clone(), torch.full((n,), torch.inf, device=x.device)
-    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    found, active = done.clone(), ~done
     iters = torch.zeros(n, dtype=torch.int64, device=x.device)
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
     for _ in range(max_iter):
+        if not bool(active.any()):
+            break
         xa = x + _project((torch.tanh(w + m) + 1) / 2 - x, eps)
         logits = rt.logits(xa)
         loss = topk_hinge(logits, y, k, targets, kappa)
         (grad,) = torch.autograd.grad(loss.sum(), m)
         with torch.no_grad():
-            ok = topk_success(logits.detach(), y, k, targets) & active
+            ok = _reached(logits.detach(), y, k, targets, kappa) & active
             l2 = (xa - x).flatten(1).norm(dim=1)
             imp = ok & (l2 < best_l2)
             best_x = torch.where(imp.view(-1, 1, 1, 1), xa.detach(), best_x)
@@ -113,8 +136,6 @@ def topk_kernel(rt, x: torch.Tensor, y: torch.Tensor, targets, *, k: int, eps: f
                 active &= ~ok
             m -= lr * grad * active.view(-1, 1, 1, 1)
         bar.update(n)
-        if not bool(active.any()):
-            break
     return {"x_adv": best_x, "iterations": iters, "found": found}
 
 
@@ -143,21 +164,25 @@ def _check(k, eps, max_iter, lr, kappa, y, *, untargeted: bool) -> None:
 
 def _result(res: AttackResult, y, k, targets, found) -> AttackResult:
     """Top-k success replaces the threshold reading of :func:`finalize` (kept in ``extras``)."""
-    ok = topk_success(res.logits, y, k, targets)
+    ok = _success(res.logits, y, k, targets)
     extras = {**res.extras, "threshold_success": res.success, "k": k, "found": found,
-              "in_topk": in_topk(res.logits, k)}
+              "in_topk": _in_topk(res.logits, k), "margin": _margin(res.logits, y, k, targets)}
     return dataclasses.replace(res, success=ok, n_satisfied=ok.long(), extras=extras)
 
 
+@torch.enable_grad()  # also inside a caller's torch.no_grad()
 def topk_untargeted(model, x, y, *, k: int = 1, eps: float = 10.0, max_iter: int = 300, lr: float = 0.01,
                     kappa: float = 0.0, generator=None, progress=True, batch_size: int | None = None,
                     autocast_dtype=None, channels_last: bool = False) -> AttackResult:
     """TkML-AP-U: no true label of ``y`` ``(N, L)`` bool may stay among the top ``k`` labels of ``x``
     ``(N, C, H, W)``. Minimises :func:`topk_hinge` by SGD in ``tanh`` space inside the L2 ball ``eps``,
-    stopping each image at its first success (the reference's rule). ``success`` ``(N,)`` is
-    :func:`~mlnb.attacks.topk_metrics.topk_success`; ``n_satisfied`` is 1 where it holds;
-    ``extras["threshold_success"]`` is the 0.5-threshold reading (every true label negative); ``param``
-    NaN. ``generator`` is accepted for the uniform signature (nothing is random).
+    stopping each image at its first success by the margin ``kappa`` (the reference's rule; module
+    docstring). ``success`` ``(N,)`` is plain :func:`~mlnb.attacks.topk_metrics.topk_success` (``kappa``
+    not required); ``n_satisfied`` is 1 where it holds; ``extras["threshold_success"]`` is the
+    0.5-threshold reading (every true label negative); ``extras["margin"]`` ``(N,)`` the margin reached,
+    ``extras["found"]`` where ``kappa`` was reached; ``param`` NaN. Images already successful by ``kappa``
+    come back unchanged with 0 iterations; pixels at exactly 0 or 1 hardly move (module docstring: map
+    binary images into ``[δ, 1 - δ]``). ``generator`` is accepted for the uniform signature.
 
     >>> res = topk_untargeted(model.eval(), x, y, k=3, eps=10.0)
 
@@ -170,13 +195,16 @@ def topk_untargeted(model, x, y, *, k: int = 1, eps: float = 10.0, max_iter: int
                 progress=progress, batch_size=batch_size, name="topk_untargeted")
 
 
+@torch.enable_grad()  # also inside a caller's torch.no_grad()
 def topk_targeted(model, x, y, targets, *, k: int = 3, eps: float = 10.0, max_iter: int = 300, lr: float = 0.01,
                   kappa: float = 0.0, generator=None, progress=True, batch_size: int | None = None,
                   autocast_dtype=None, channels_last: bool = False) -> AttackResult:
     """TkML-AP-T: every label of ``targets`` ``(N, L)`` bool (``1 <= |T| <= k``, e.g. from
     :func:`topk_targets`) must enter the top ``k`` of ``x`` ``(N, C, H, W)``. Runs all ``max_iter`` SGD
-    steps and returns the successful iterate of smallest L2 (the reference's rule). Result fields as in
-    :func:`topk_untargeted` (``threshold_success``: ``targets`` positive and the rest negative at 0.5).
+    steps and returns the iterate of smallest L2 that reaches the goal by ``kappa`` (the reference's
+    rule). Result fields, already successful images and pixels at 0 or 1 as in :func:`topk_untargeted`;
+    ``extras["threshold_success"]``: at the 0.5 threshold every label of ``targets`` is positive and every
+    true label of ``y`` negative (``Target(y, A=y ^ targets, B=∅)``; the other labels are not constrained).
 
     >>> t = topk_targets(model(x), y, 3, "random", generator=g)
     >>> res = topk_targeted(model.eval(), x, y, t, k=3)
@@ -212,6 +240,7 @@ def _run(rt, x, goal, y, targets, *, k, eps, max_iter, lr, kappa, stop_early, pr
     return _result(res, y, k, targets, r["found"])
 
 
+@torch.enable_grad()  # also inside a caller's torch.no_grad()
 def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float = 10.0, passes: int = 5,
                    fooling_goal: float = 0.9, chunk: int = 8, max_iter: int = 300, lr: float = 0.01,
                    kappa: float = 0.0, generator=None, progress=True, autocast_dtype=None,
@@ -221,8 +250,10 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
     does not fool yet get :func:`topk_untargeted` at ``clip(x + δ)`` (radius ``eps``), and the sum of
     the successful perturbations is added to ``δ``, projected onto the L2 ball ``radius``. Passes stop
     at ``passes`` or once the fooling rate reaches ``fooling_goal``. ``chunk=1`` is the reference's
-    image-by-image update. ``x_adv = clip(x + δ)``; ``extras["delta"]``, ``extras["fooling_rate"]``
-    (one float per pass); ``success`` is top-k success of each image.
+    image-by-image update. An image counts as fooled (not attacked again) when ``δ`` reaches its goal by
+    the margin ``kappa``; ``fooling_goal`` and ``extras["fooling_rate"]`` (one float per pass) use plain
+    top-k success, as ``success`` (each image). ``x_adv = clip(x + δ)``; ``extras["delta"]``. Pixels that
+    ``clip(x + δ)`` puts at exactly 0 or 1 hardly move (module docstring).
 
     Introduced in notebooks/13_successors.ipynb.
     """
@@ -243,7 +274,7 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
                 sl = slice(start, start + chunk)
                 xs = (x[sl] + delta).clamp(0, 1)
                 with torch.no_grad():
-                    todo = ~topk_success(rt.logits(xs), y[sl], k)
+                    todo = ~_reached(rt.logits(xs), y[sl], k, None, kappa)
                 if bool(todo.any()):
                     r = topk_kernel(rt, xs[todo], y[sl][todo], None, k=k, eps=eps, max_iter=max_iter, lr=lr,
                                     kappa=kappa, stop_early=True, bar=bar)
@@ -252,10 +283,10 @@ def topk_universal(model, x, y, *, k: int = 1, eps: float = 10.0, radius: float 
                     gain = ((r["x_adv"] - xs[todo]) * r["found"].view(-1, 1, 1, 1)).sum(0, keepdim=True)
                     delta = _project(delta + gain, radius)
             with torch.no_grad():
-                rates.append(float(topk_success(rt.logits((x + delta).clamp(0, 1)), y, k).float().mean()))
+                rates.append(float(_success(rt.logits((x + delta).clamp(0, 1)), y, k, None).float().mean()))
             if rates[-1] >= fooling_goal:
                 break
         bar.update(bar.total - bar.n)
     nan = torch.full((x.shape[0],), torch.nan, device=x.device)
     res = finalize(rt, x, (x + delta).clamp(0, 1), goal, iters, nan, {"delta": delta, "fooling_rate": rates})
-    return _result(res, y, k, None, topk_success(res.logits, y, k))
+    return _result(res, y, k, None, _reached(res.logits, y, k, None, kappa))

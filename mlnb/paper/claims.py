@@ -273,7 +273,7 @@ def table4_claims(data: pd.DataFrame, dataset: str | None = None, *, n_boot: int
     """Sec. IV-F (Table IV, random and extreme cases): one row per claim, columns :data:`CLAIM_COLUMNS`.
 
     ``data``: the records frame (bootstrap decisions) or an aggregated table (point decisions);
-    ``dataset``: which data set (default: the first).
+    ``dataset``: which data set (default: the first; another name raises); ``n_boot`` >= 2; ``seed`` >= 0.
     """
     return _claims("IV-F", _iv_claims(), data, dataset, n_boot, seed)
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..presets import ATTACK_NAMES
 from ..metrics import METRIC_COLUMNS  # records key -> table column
+from ..validate import check_choice, check_int, check_seed
 
 TOL = 5e-5  # half a unit of the paper's 4th decimal: a smaller difference is a tie
 N_BOOT = 2000
@@ -162,6 +163,9 @@ def is_records(data: pd.DataFrame) -> bool:
 class ClaimData:
     """One data set of a records frame (bootstrap over images) or of an aggregated table (point values).
 
+    ``dataset``: one of the data sets in ``data`` (default the first; an unknown name raises
+    ``ValueError`` listing the valid ones); ``n_boot``: resamples, an int >= 2; ``seed``: a non-negative int.
+
     :meth:`means` gives paired :class:`Est` of a records column for some attacks of one strategy;
     a missing run, or a per-image quantity asked of a table, raises :class:`NotTestable`.
     """
@@ -169,10 +173,14 @@ class ClaimData:
     def __init__(self, data: pd.DataFrame, dataset: str | None, n_boot: int, seed: int):
         if dataset is not None and not isinstance(dataset, str):
             raise TypeError(f"dataset must be a name, got {type(dataset).__name__}: pass the records as `data`")
+        check_int("n_boot", n_boot, minimum=2)  # one resample would read as a point (Est.is_point)
+        check_seed(seed)
         self.n_boot, self.seed, self._w, self._piv = n_boot, seed, {}, {}
         if is_records(data):
             r = data
             if "dataset" in r and len(r):
+                if dataset is not None:
+                    check_choice("dataset", dataset, dict.fromkeys(r["dataset"]))
                 r = r[r["dataset"] == (dataset or r["dataset"].iloc[0])]
             r = r[r["attack"].isin(ATTACK_NAMES)].copy()
             if "p_adv" in r:
@@ -183,6 +191,8 @@ class ClaimData:
             t = data
             if "dataset" in t.index.names:
                 names = list(dict.fromkeys(t.index.get_level_values("dataset")))
+                if dataset is not None:
+                    check_choice("dataset", dataset, names)
                 t = t.xs(dataset or names[0], level="dataset")
             self.records, self.table, self.runs = None, t, set(t.index)
 

@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from ..metrics import METRIC_COLUMNS
+from ..validate import check_choice
 
 NA = math.nan
 METRICS = tuple(METRIC_COLUMNS.values())  # the paper's eight metric columns, in its order
@@ -95,11 +96,24 @@ def paper_table(number: int, dataset: str | None = None) -> pd.DataFrame:
 def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, *, paper_dataset: str = "voc2007") -> pd.DataFrame:
     """Our table beside the paper's, row by row (matched on ``(strategy, attack)``).
 
-    ``ours``: :func:`mlnb.experiments.aggregate` output (any data set); ``paper``: :func:`paper_table`.
-    Returns columns ``(metric, "ours" | "paper")``; rows absent from the paper get NaN there.
+    ``ours``: :func:`mlnb.experiments.aggregate` output of ONE data set (any name), index
+    ``(dataset, strategy, attack)`` or ``(strategy, attack)``; ``paper``: :func:`paper_table`;
+    ``paper_dataset``: the paper's data set to compare with. Returns columns ``(metric, "ours" | "paper")``
+    and ``ours``' ``(strategy, attack)`` rows; rows absent from the paper get NaN there. ``ours`` holding
+    several data sets raises ``ValueError`` (select one first: its rows would share one paper row).
     """
-    o = ours.droplevel("dataset") if "dataset" in ours.index.names else ours
-    p = paper.xs(paper_dataset, level="dataset") if "dataset" in paper.index.names else paper
+    o = ours
+    if "dataset" in ours.index.names:
+        names = list(dict.fromkeys(ours.index.get_level_values("dataset")))
+        if len(names) > 1:
+            raise ValueError(f"ours holds {len(names)} data sets ({', '.join(map(str, names))}) but is compared "
+                             f"with one paper data set: select one, e.g. side_by_side(ours.xs({names[-1]!r}, "
+                             f"level='dataset', drop_level=False), paper, paper_dataset={names[-1]!r})")
+        o = ours.droplevel("dataset")
+    p = paper
+    if "dataset" in paper.index.names:
+        check_choice("paper_dataset", paper_dataset, dict.fromkeys(paper.index.get_level_values("dataset")))
+        p = paper.xs(paper_dataset, level="dataset")
     p = p.reindex(o.index)
     out = pd.concat({"ours": o[list(METRICS)], "paper": p[list(METRICS)]}, axis=1)
     out = out.swaplevel(0, 1, axis=1)

@@ -17,6 +17,7 @@ import torch
 
 from ..presets import ROW_TITLES
 from ..target import THRESHOLD
+from ..validate import check_int_range
 from .style import PALETTE
 
 _STRATEGY_TITLES = {"reduce": "reduce", "augment": "augment"}
@@ -67,12 +68,17 @@ def defense_histograms(panels: Mapping[str, Mapping[str, torch.Tensor]],
                        overlaps: Mapping[str, Mapping[str, float]] | None = None, bins: int = 20):
     """Fig. 3: one panel per (attack, strategy); in each, histograms of the target label's probability
     for ``{"original": (N,), "png": (N,), "jpeg": (N,)}``, with each one's overlap with the original
-    in the legend.
+    in the legend. ``panels`` ``{title: {series: (N,) probabilities}}`` needs at least one panel
+    (else ``ValueError``); ``overlaps`` ``{title: {series: overlap}}`` is optional.
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
     import matplotlib.pyplot as plt
 
+    if not panels:
+        raise ValueError("panels is empty: pass at least one panel, e.g. "
+                         "{'ml_cw reduce': {'original': p, 'png': p_png, 'jpeg': p_jpeg}}")
+    check_int_range("bins", bins, 1, 1000)
     n = len(panels)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols

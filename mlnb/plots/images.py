@@ -14,6 +14,7 @@ import torch
 
 from ..metrics import rmsd
 from ..target import THRESHOLD
+from ..validate import check_images, check_int
 from .style import PALETTE, label_bars, magnify, show
 
 _SET_SHADE = {"A": "#fbe3e3", "B": "#ffffff", "C": "#eeeeee"}
@@ -24,6 +25,25 @@ def _as_series(scores_adv, name: str = "adversarial") -> dict:
     if isinstance(scores_adv, dict):
         return dict(scores_adv)
     return {name: scores_adv}
+
+
+def _check_shape(name: str, t, ref: str, shape: tuple, fix: str) -> None:
+    """``t`` is a tensor of the shape of ``ref`` (``shape``), else ``ValueError`` ending with ``fix``."""
+    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+    if got != tuple(shape):
+        raise ValueError(f"{name} has shape {got} but must match {ref}'s {tuple(shape)}: {fix}")
+
+
+def _check_count(name: str, items, n: int, per: str = "image") -> None:
+    """``items`` (titles, label names, roles) holds exactly ``n`` entries, one per ``per``."""
+    if items is not None and len(items) != n:
+        raise ValueError(f"{name} has {len(items)} entries for {n} {per}s: pass one per {per}")
+
+
+def _check_nonempty(name: str, mapping, example: str) -> None:
+    """``mapping`` (attacks, panels) holds at least one entry; ``example`` shows one."""
+    if not mapping:
+        raise ValueError(f"{name} is empty: pass at least one entry, e.g. {name}={example}")
 
 
 # ----------------------------------------------------------------------------- attack notebooks (02-05)
@@ -44,16 +64,29 @@ def plot_scores_before_after(scores_clean, scores_adv, label_names, A, B, *, y=N
 
     ``scores_clean`` ``(N, L)`` probabilities; ``scores_adv`` ``(N, L)`` or ``{attack: (N, L)}``;
     ``A``, ``B`` ``(N, L)`` bool (``A`` shaded red, ``C`` grey); ``y`` ``(N, L)`` bool clean labels
-    (optional: tick labels then say ``A↓`` for a label to hide and ``A↑`` for one to show). The
-    classification threshold is the dashed line. Returns the matplotlib ``Figure``.
+    (optional: tick labels then say ``A↓`` for a label to hide and ``A↑`` for one to show);
+    ``label_names``: ``L`` names; ``titles``: ``N`` panel titles; the first ``max_images`` (>= 1) images
+    are drawn. The classification threshold is the dashed line. Returns the matplotlib ``Figure``;
+    no image, or names / titles / tensors whose sizes disagree with ``scores_clean``, raise ``ValueError``.
 
     Introduced in notebooks/02_baselines_fgs_fg.ipynb.
     """
     import matplotlib.pyplot as plt
 
+    check_int("max_images", max_images)
+    check_int("ncols", ncols)
+    if not isinstance(scores_clean, torch.Tensor) or scores_clean.dim() != 2 or 0 in scores_clean.shape:
+        got = tuple(scores_clean.shape) if isinstance(scores_clean, torch.Tensor) else type(scores_clean).__name__
+        raise ValueError(f"scores_clean must be a non-empty (N, L) tensor of probabilities, got {got}: "
+                         f"pass at least one image's scores")
+    N, L = scores_clean.shape
+    _check_count("label_names", label_names, L, "label")
     series = {"clean": scores_clean, **_as_series(scores_adv)}
-    n = min(int(scores_clean.shape[0]), max_images)
-    L = len(label_names)
+    for name, t in [*series.items(), ("A", A), ("B", B), *([("y", y)] if y is not None else [])]:
+        _check_shape(name if name in ("A", "B", "y") else f"scores {name!r}", t, "scores_clean", (N, L),
+                     "pass one row per image and one column per label")
+    _check_count("titles", titles, N)
+    n = min(N, max_images)
     roles = label_roles(y if y is not None else A & False, A, B)
     cols = min(ncols, n)
     rows = -(-n // cols)
@@ -79,14 +112,21 @@ def plot_scores_before_after(scores_clean, scores_adv, label_names, A, B, *, y=N
 def plot_perturbations(x, x_adv, *, titles=None, max_images: int = 4, size: float = 1.7):
     """Clean image, adversarial image and the magnified perturbation ``|r| · 255 / max|r|``
     (Sec. IV-H1) for each attack; one row per image. ``x`` ``(N, C, H, W)`` in ``[0, 1]``;
-    ``x_adv`` ``(N, C, H, W)`` or ``{attack: (N, C, H, W)}``. Column titles give each image's RMSD
-    (0-255 scale). A zero perturbation is drawn black. Returns the matplotlib ``Figure``.
+    ``x_adv`` ``(N, C, H, W)`` or ``{attack: (N, C, H, W)}`` (at least one); ``titles``: ``N``. Column
+    titles give each image's RMSD (0-255 scale). A zero perturbation is drawn black. Returns the
+    matplotlib ``Figure``; no image, or sizes that disagree with ``x``, raise ``ValueError``.
 
     Introduced in notebooks/02_baselines_fgs_fg.ipynb.
     """
     import matplotlib.pyplot as plt
 
+    check_images(x, "x")
+    check_int("max_images", max_images)
     advs = _as_series(x_adv)
+    _check_nonempty("x_adv", advs, "{'attack': x_adv}")
+    for name, xa in advs.items():
+        _check_shape(f"x_adv {name!r}", xa, "x", tuple(x.shape), "pass one adversarial image per image of x")
+    _check_count("titles", titles, int(x.shape[0]))
     n = min(int(x.shape[0]), max_images)
     cols = 1 + 2 * len(advs)
     fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n + 0.3), squeeze=False)
@@ -101,13 +141,17 @@ def plot_perturbations(x, x_adv, *, titles=None, max_images: int = 4, size: floa
 
 
 def show_images(images, titles=None, *, ncols: int = 8, size: float = 1.5):
-    """A grid of ``(N, C, H, W)`` images in ``[0, 1]`` with optional titles. Returns the ``Figure``.
+    """A grid of ``(N, C, H, W)`` images in ``[0, 1]`` (``N >= 1``) with optional titles (``N`` of them).
+    Returns the ``Figure``.
 
     Introduced in notebooks/02_baselines_fgs_fg.ipynb.
     """
     import matplotlib.pyplot as plt
 
+    check_images(images, "images")
+    check_int("ncols", ncols)
     n = int(images.shape[0])
+    _check_count("titles", titles, n)
     cols = max(1, min(ncols, n))
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.2), squeeze=False)
@@ -129,13 +173,19 @@ def case_study(x: torch.Tensor, x_advs: Mapping[str, torch.Tensor], before: torc
     each adversarial image; each magnified perturbation ``|r| · 255 / max|r|``.
 
     ``x``: ``(C, H, W)``; ``x_advs``: ``{attack: (C, H, W)}``; ``before``: ``(K,)`` probabilities of
-    the ``K`` chosen labels; ``afters``: ``{attack: (K,)}``; ``label_names``, ``roles``: ``K`` names
-    and their sets (``"A"`` / ``"B"``).
+    the ``K`` chosen labels; ``afters``: ``{attack: (K,)}`` (the attacks of ``x_advs``, at least one);
+    ``label_names``, ``roles``: ``K`` names and their sets (``"A"`` / ``"B"``). Else ``ValueError``.
 
     Introduced in notebooks/08_case_study.ipynb.
     """
     import matplotlib.pyplot as plt
 
+    _check_nonempty("x_advs", x_advs, "{'attack': x_adv}")
+    if set(afters) != set(x_advs):
+        raise ValueError(f"afters has the attacks {sorted(afters)} but x_advs {sorted(x_advs)}: pass one "
+                         f"probability vector per adversarial image")
+    _check_count("label_names", label_names, len(before), "chosen label")
+    _check_count("roles", roles, len(before), "chosen label")
     attacks = list(x_advs)
     n = len(attacks)
     fig = plt.figure(figsize=(11, 2.6 * max(n, 1)))

@@ -36,7 +36,7 @@ def quality_sweep(table, success_columns: Sequence[str], *, cost_column: str = "
     left.legend(fontsize=7)
     left.set_title("JPEG quality sweep", fontsize=10)
     markers = {"none": "*", "png": "*", "jpeg": "o", "bit_depth": "s", "median": "^"}
-    mean_success = table[list(success_columns)].mean(1)
+    mean_success = table[list(success_columns)].mean(axis=1)
     for name, part in table.groupby("defense", sort=False):
         xs, ys = part[cost_column], mean_success[part.index]
         right.plot(xs, ys, marker=markers.get(name, "o"), ls="-" if len(part) > 1 else "", label=name, ms=7)

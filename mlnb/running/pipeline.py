@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 from ..presets import PRESETS
-from ..utils import atomic_write_text, param_hash, project_root, results_root, write_json
-from ..validate import check_choice
+from ..utils import DEVICE_CHOICES, atomic_write_text, param_hash, project_root, results_root, write_json
+from ..validate import check_choice, check_seed
 
 
 def notebook_paths(only: list[str] | None = None, folder: Path | None = None) -> list[Path]:
@@ -53,12 +54,16 @@ def run_notebooks(preset: str = "default", *, seed: int = 0, device: str = "auto
                   html: bool = True, resume: bool = False, progress: bool = True) -> dict:
     """Execute the notebooks with papermill, render them to HTML and write the index.
 
-    Returns the log: per-notebook seconds and status, the total, and the parameters.
-    A failing notebook stops the run (its partial executed copy is kept for inspection).
+    Returns the log: per-notebook seconds and status, the total, and the parameters. ``seed`` and
+    ``device`` (:data:`mlnb.utils.DEVICE_CHOICES`, e.g. ``"cuda:1"``) are checked before any kernel starts.
+    A failing notebook stops the run: it is logged ``"failed"`` with its ``"error"`` and the error raised
+    again; its partial executed copy is kept for inspection.
     """
     import papermill as pm
 
     check_choice("preset", preset, PRESETS)
+    check_seed(seed)
+    check_choice("device", re.sub(r":\d+$", "", str(device)), DEVICE_CHOICES)  # exists? resolve_device, in the kernel
     params = {"PRESET": preset, "SEED": seed, "DEVICE": device}
     root = results_root()
     executed = root / "executed"
@@ -76,8 +81,14 @@ def run_notebooks(preset: str = "default", *, seed: int = 0, device: str = "auto
         t0 = time.perf_counter()
         log["notebooks"][path.stem] = {"status": "running"}
         write_json(log_path, log)
-        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                            kernel_name="python3", progress_bar=progress, log_output=False)
+        try:
+            pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                                kernel_name="python3", progress_bar=progress, log_output=False)
+        except BaseException as err:  # Ctrl-C too: the log must not say "running" for a notebook that stopped
+            error, secs = f"{type(err).__name__}: {err}"[:2000], round(time.perf_counter() - t0, 1)
+            log["notebooks"][path.stem] = {"status": "failed", "seconds": secs, "error": error}
+            write_json(log_path, log)
+            raise
         log["notebooks"][path.stem] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1)}
         write_json(log_path, log)
     log["total_seconds"] = round(sum(v.get("seconds", 0) for v in log["notebooks"].values()), 1)

@@ -60,7 +60,7 @@ def collect(results: str | Path) -> dict:
     return {
         **_later_notebooks(*later.values()),
         "environment": env,
-        "minutes_total": round(sum(v.get("seconds", 0) for v in nb.values()) / 60, 1),
+        "minutes_total": round(sum(v.get("seconds") or 0 for v in nb.values()) / 60, 1),  # null: did not finish
         "seconds": {k: v.get("seconds") for k, v in nb.items()},
         "status": {k: v.get("status") for k, v in nb.items()},
         "table3": {k: round(float(m01[k]), 4) for k in ("map", "label_map", "hamming", "macro_f1", "micro_f1",
@@ -198,10 +198,15 @@ def render(snap: dict) -> str:
 
 
 def readme_section(readme_text: str) -> str:
-    """The text between the markers of ``readme_text`` (raises if they are missing)."""
+    """The text between the markers of ``readme_text``; ``ValueError`` if a marker is missing or
+    :data:`END` comes only before :data:`BEGIN`."""
     if BEGIN not in readme_text or END not in readme_text:
         raise ValueError(f"README lacks the markers {BEGIN} ... {END}: add them around the results section")
-    return readme_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+    after = readme_text.split(BEGIN, 1)[1]
+    if END not in after:
+        raise ValueError(f"README has the marker {END} before {BEGIN} and none after it: put {BEGIN} above "
+                         f"the results section and {END} below it")
+    return after.split(END, 1)[0].strip("\n") + "\n"
 
 
 def write_section(readme: Path, text: str) -> None:
@@ -223,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default="an idle machine", help="what else ran on the machine meanwhile")
     ap.add_argument("--models", default="the cached model reused", help="whether the run trained its models")
     args = ap.parse_args(argv)
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise FileNotFoundError(f"README {readme} not found: pass --readme with the README to rewrite")
+    readme_section(readme.read_text())  # check the markers before writing anything
     snap = {**collect(args.results), "conditions": args.conditions, "models": args.models}
     atomic_write_text(Path(args.snapshot), json.dumps(snap, indent=1, ensure_ascii=False) + "\n")
-    write_section(Path(args.readme), render(snap))
+    write_section(readme, render(snap))
     print(f"snapshot {args.snapshot} and {args.readme} updated from {args.results}")
     return 0
 

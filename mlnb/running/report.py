@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -121,9 +122,14 @@ def _href(target: Path, base: Path) -> str:
 
 
 def _seconds(root: Path) -> dict[str, float]:
+    """``{notebook: seconds}`` of the finished notebooks in ``pipeline.json``; a missing or unreadable log
+    gives ``{}``; an entry without a finite number of seconds (``null``, a string) or whose status is not
+    ``"ok"`` (failed, still running) is left out."""
     try:
-        log = json.loads((root / "pipeline.json").read_text())
-        return {k: v["seconds"] for k, v in log.get("notebooks", {}).items() if "seconds" in v}
+        notebooks = json.loads((root / "pipeline.json").read_text()).get("notebooks", {})
+        ok = {k: v for k, v in notebooks.items() if isinstance(v, dict) and v.get("status", "ok") == "ok"}
+        return {k: float(v["seconds"]) for k, v in ok.items() if isinstance(v.get("seconds"), (int, float))
+                and not isinstance(v["seconds"], bool) and math.isfinite(v["seconds"])}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
 

@@ -9,7 +9,10 @@ never overwrite each other). A run whose ``metrics.json`` already exists with th
 hash is skipped, so a stopped sweep resumes. Finally every run's scalar metrics are flattened
 (``a.b`` for nested keys) into ``<out>/sweep.csv`` (one row per run) and plotted into
 ``<out>/sweep.png`` against the first swept parameter. Values are parsed as Python literals
-(``ast.literal_eval``: numbers, strings, ``None``, ``True``), never evaluated as code.
+(``ast.literal_eval``: numbers, strings, lists, ``None``, ``True``), never evaluated as code; in ``--grid``
+the commas outside quotes and brackets separate values, ``--set`` takes everything after ``=`` as one
+value. A name that is not one of the notebook's parameters is refused before any run (papermill would
+only warn and run the notebook with its defaults).
 
 A command-line tool, not called from a notebook: the exercises of notebooks/06_general_attacks.ipynb
 suggest sweeping its ``MAX_RMSD`` with it.
@@ -29,21 +32,70 @@ import pandas as pd
 from ..utils import atomic_write_text, param_hash, project_root, results_root
 
 
+def _literal(text: str):
+    """A Python literal (numbers, strings, lists, ``None``, ``True``), else the text itself as a string."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _split_values(values: str) -> list[str]:
+    """Split ``v1,v2,...`` at the commas outside brackets and quotes (``'a,b',[1,2]`` is two values)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(values):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(values[start:i])
+            start = i + 1
+    return parts + [values[start:]]
+
+
+def _name_value(item: str, flag: str, example: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"{flag} {item!r}: write {example}")
+    return name.strip(), value
+
+
 def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["NAME=v1,v2", ...]`` -> ``{"NAME": [v1, v2]}`` (values as Python literals, else strings)."""
+    """``["NAME=v1,v2", ...]`` -> ``{"NAME": [v1, v2]}`` (values as Python literals, else strings). Commas
+    inside brackets or quotes stay in their value: ``ATTACKS='ml_cw,rank1','fgs'`` and ``Q=[10,20],[30]``
+    are two values each."""
     grid: dict[str, list] = {}
     for item in items:
-        name, sep, values = item.partition("=")
-        if not sep or not name.strip() or not values.strip():
-            raise ValueError(f"--grid {item!r}: write NAME=v1,v2,... (e.g. MAX_RMSD=1.0,4.0)")
-        parsed = []
-        for v in values.split(","):
-            try:
-                parsed.append(ast.literal_eval(v.strip()))
-            except (ValueError, SyntaxError):
-                parsed.append(v.strip())
-        grid[name.strip()] = parsed
+        name, values = _name_value(item, "--grid", "NAME=v1,v2,... (e.g. MAX_RMSD=1.0,4.0)")
+        grid[name] = [_literal(v) for v in _split_values(values)]
     return grid
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["NAME=value", ...]`` -> ``{"NAME": value}``: the whole text after ``=`` is one value (a Python
+    literal, else a string), so ``ATTACKS=ml_cw,rank1`` is the string ``"ml_cw,rank1"``."""
+    fixed = {}
+    for item in items:
+        name, value = _name_value(item, "--set", "NAME=value (e.g. SEED=1 or ATTACKS=ml_cw,rank1)")
+        fixed[name] = _literal(value)
+    return fixed
+
+
+def check_parameters(path: Path, params) -> None:
+    """Every name in ``params`` is a parameter of the notebook (papermill would only warn and run it with its
+    defaults); the error lists the notebook's parameters."""
+    import papermill as pm
+
+    known = set(pm.inspect_notebook(str(path)))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{path.stem} has no parameter {', '.join(map(repr, unknown))}: its parameters are "
+                         f"{', '.join(sorted(known)) or '(none)'}")
 
 
 def resolve_notebook(notebook: str | Path) -> Path:
@@ -105,6 +157,7 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
     path = resolve_notebook(notebook)
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
         raise ValueError("grid must map each parameter name to a non-empty list of values, e.g. {'SEED': [0, 1]}")
+    check_parameters(path, {**(base or {}), **grid})
     out = Path(out_dir) if out_dir is not None else results_root() / "sweeps" / path.stem
     names = list(grid)
     for values in itertools.product(*(grid[k] for k in names)):
@@ -114,7 +167,8 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
         done = run_root / path.stem / "metrics.json"
         if done.is_file():  # resume: this grid point already ran to the end
             recorded = json.loads(done.read_text()).get("params", {})
-            if all(recorded.get(k) == v for k, v in params.items()):
+            # the folder's hash names these parameters; a parameter the notebook does not record is not compared
+            if all(recorded[k] == v for k, v in params.items() if k in recorded):
                 continue
         old = os.environ.get("MLNB_RESULTS")
         os.environ["MLNB_RESULTS"] = str(run_root.resolve())
@@ -154,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: results/sweeps/<notebook>)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    base = {k: v[0] for k, v in parse_grid(args.set).items()}
+    base = parse_set(args.set)
     if args.preset:
         base["PRESET"] = args.preset
     table = run_sweep(args.notebook, parse_grid(args.grid), out_dir=args.out, base=base, progress=not args.no_progress)
