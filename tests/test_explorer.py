@@ -100,6 +100,24 @@ def test_case_study_sets():
     assert a == [0, 3] and b == [2, 1]
     with pytest.raises(ValueError, match=">= 2 positive"):
         case_study_sets(torch.tensor([True, False, False]))
+    # preferred sets sharing a label cannot be a target (A and B are disjoint): the score order is used
+    a, b = case_study_sets(y, s, NAMES, prefer_a=("person", "cow"), prefer_b=("person", "sofa"))
+    assert (a, b) == ([0, 3], [2, 1])
+
+
+def test_budgets_outside_the_slider_are_moved_into_it(state):
+    """The slider shows what runs: a preset's max_iter=500 starts at 300, eps_max=0.001 at 1 (not 0)."""
+    assert E.default_budget("ml_cw", {"max_iter": 500}) == 300 and E.default_budget("fgs", {"eps_max": 0.001}) == 1
+    state.attack_params["fgs"]["eps_max"] = 64 / 255
+    E.set_attack(state, "fgs")
+    assert state.budget == 32
+    E.set_attack(state, "ml_cw", 500)  # an explicit budget beyond the slider: the app moves it into range
+    c = build_app(state).controls
+    assert state.budget == c["budget"].value == 300 and "budget 300" in c["status"].value
+    c["attack"].value = "fgs"
+    assert c["budget"].max == 32 and state.budget == c["budget"].value
+    E.select_image(state, __import__("numpy").int64(1))  # a NumPy index, as from np.argmax
+    assert state.index == 1 and type(state.index) is int
 
 
 @pytest.mark.parametrize("attack", ["ml_cw", "rank2", "fgs"])
