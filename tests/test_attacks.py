@@ -614,33 +614,3 @@ def test_a_topk_attack_called_under_no_grad_gives_the_same_result(name):
         inside = attack(model, x, y, k=1, max_iter=5, progress=False)
     assert torch.equal(plain.x_adv, inside.x_adv) and bool((plain.x_adv != x).any())
 
-
-class _Offset(torch.nn.Module):
-    """``logits = x.flatten(1) @ W.T + b`` with ``b`` set so that the image of 0.5s has ``clean`` logits."""
-
-    def __init__(self, clean):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.randn(len(clean), 4, generator=torch.Generator().manual_seed(3)))
-        self.b = torch.nn.Parameter(torch.tensor(clean) - 0.5 * self.w.detach().sum(1))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.w.t() + self.b
-
-
-def test_a_rank_attack_does_not_stop_where_eq4_holds_but_its_ranking_does_not():
-    """Eq. (4) met at the clean image ends ML-CW at once; Rank I ends only at its strict ranking goal."""
-    from mlnb.attacks.losses import rank_goal
-    from mlnb.attacks.rank import ranking_sets
-    from mlnb.target import Target
-
-    model = _Offset([0.8, 0.29, -7.58, -1.01]).eval()
-    x = torch.full((1, 1, 2, 2), 0.5)
-    A, B = torch.tensor([[False, False, True, True]]), torch.tensor([[False, True, False, False]])
-    y = (model(x) >= 0).detach() ^ A  # the clean prediction is y* on A ∪ B: Eq. (4) already holds
-    target, w = Target(y, A, B), torch.tensor([1.0, 1, 1, 0, 0])
-    sets = list(ranking_sets(target, "C").values())
-    assert bool(target.met(model(x)).all()) and not bool(rank_goal(model(x), *sets, w).all())
-    cw = attacks.ml_cw(model, x, y, A, B, progress=False, **SEARCH)
-    assert int(cw.iterations[0]) == 0 and torch.equal(cw.x_adv, x)
-    r1 = attacks.rank1(model, x, y, A, B, progress=False, **SEARCH)
-    assert int(r1.iterations[0]) > 0 and bool(rank_goal(r1.logits, *sets, w).all()) and bool(r1.success.all())

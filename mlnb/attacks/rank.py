@@ -63,8 +63,9 @@ _RANK_DOC = """
       empty for an image contributes 0 for it. λ_i = λ x ``weights[i]`` (the paper: all equal).
     * Distortion: squared L2 of the perturbation, CW change of variables and Adam, binary search on λ
       exactly as :func:`ml_cw` (and its ``early_abort`` and ``trace``); a run counts as successful when every ranking constraint its loss
-      encodes holds (the hinge part is 0). An image is returned as it is only when its clean prediction
-      meets both Eq. (4) and that ranking goal.
+      encodes holds (the hinge part is 0). An image whose clean prediction already meets Eq. (4) is returned
+      as it is, with ``success`` True (Eq. 4 is every attack's one definition of success), even where its
+      ranking constraints do not hold: pass it with a target it does not meet yet to rank it.
     * Selection (Sec. III-C2): within a λ run, the iterate with the highest Kendall tau-b between the
       scores (logits: same ranking, no float32 ties) and ``y_tau``, ties -> smaller L2. Across λ:
       ``select="tau"`` (paper) keeps the same rule; ``select="constraints"`` prefers the most
