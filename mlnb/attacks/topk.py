@@ -43,7 +43,7 @@ import torch
 from .. import validate as V
 from ..target import Target
 from ._core import AttackResult, finalize, progress_bar, run_in_chunks, setup
-from .topk_metrics import _check_scores, _in_topk, _margin, _reached, _success
+from .topk_metrics import _check_scores, _in_topk, _margin, _reached, _success, kth_other
 
 TOPK_STRATEGIES = ("best", "random", "worst")
 TANH_EPS = 1e-6
@@ -83,14 +83,10 @@ def topk_hinge(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Ten
     the margin ``κ``. ``logits`` ``(N, L)``, ``y``, ``targets`` ``(N, L)`` bool.
 
     Introduced in notebooks/13_successors.ipynb (through the attacks)."""
+    ref = kth_other(logits, y, k, targets)  # v_[k] or h_[k-|T|+1]
     if targets is None:
-        others = torch.where(y, -torch.inf, logits)
-        v = others.topk(k, dim=1).values[:, -1:]
-        return torch.where(y, (logits - v + kappa).clamp(min=0), 0.0).sum(1)
-    others = torch.where(targets, -torch.inf, logits).sort(dim=1, descending=True).values
-    pos = (k - targets.sum(1, keepdim=True)).clamp(min=0)
-    h = others.gather(1, pos)
-    return torch.where(targets, (h - logits + kappa).clamp(min=0), 0.0).sum(1)
+        return torch.where(y, (logits - ref + kappa).clamp(min=0), 0.0).sum(1)
+    return torch.where(targets, (ref - logits + kappa).clamp(min=0), 0.0).sum(1)
 
 
 def _project(eta: torch.Tensor, eps: float) -> torch.Tensor:

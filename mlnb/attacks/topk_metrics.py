@@ -54,13 +54,21 @@ def _success(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Tenso
     return ~(targets & ~top).any(1)
 
 
-def _margin(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Tensor | None) -> torch.Tensor:
+def kth_other(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Tensor | None) -> torch.Tensor:
+    """``(N, 1)``: the logit the goal compares against, the one place it is computed (the hinge and the margin).
+    Untargeted: ``v_[k]``, the k-th largest logit outside ``y``; targeted: ``h_[k-|T|+1]``, the
+    ``(k - |T| + 1)``-th largest logit outside ``targets``."""
     if targets is None:
-        v = torch.where(y, -torch.inf, logits).topk(k, dim=1).values[:, -1:]
-        return torch.where(y, v - logits, torch.inf).amin(1)
+        return torch.where(y, -torch.inf, logits).topk(k, dim=1).values[:, -1:]
     others = torch.where(targets, -torch.inf, logits).sort(dim=1, descending=True).values
-    h = others.gather(1, (k - targets.sum(1, keepdim=True)).clamp(min=0))
-    return torch.where(targets, logits - h, torch.inf).amin(1)
+    return others.gather(1, (k - targets.sum(1, keepdim=True)).clamp(min=0))
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Tensor | None) -> torch.Tensor:
+    ref = kth_other(logits, y, k, targets)
+    if targets is None:
+        return torch.where(y, ref - logits, torch.inf).amin(1)
+    return torch.where(targets, logits - ref, torch.inf).amin(1)
 
 
 def _reached(logits: torch.Tensor, y: torch.Tensor, k: int, targets: torch.Tensor | None,
