@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import Workload, finite_positive, load_workload, median, no_early_abort, sync, timed
-from benchmarks import bench_model_scale
+from benchmarks import bench_model_scale, driver_floor
 from benchmarks.attack_throughput import ITERATIVE
 from benchmarks.machine import describe, load_average, machine_info
 from mlnb import attacks
@@ -95,7 +95,10 @@ def dp_cols(A: torch.Tensor, B: torch.Tensor) -> list[int]:
 
 
 def run_attack(name: str, wl: Workload, sl, params: dict):
+    """One call of attack ``name`` (or of the driver alone, :data:`driver_floor.NAME`) on rows ``sl``."""
     x, y, A, B = wl.rows(sl)
+    if name == driver_floor.NAME:
+        return driver_floor.run(wl.model, x, y, A, B, **params)
     return attacks.ATTACKS[name](wl.model, x, y, A, B, progress=False, **no_early_abort(name, params))
 
 
@@ -325,6 +328,17 @@ def summary_markdown(res: dict) -> str:
                      f"| {_fmt(r['ratio_per_call'])} | {_fmt(sp, 1)}x |")
     lines += ["", "ML-DP's baseline is one forward plus one backward per label of A ∪ B (its greedy step's "
               "Jacobian), so its ratio is comparable to the others; images leave its batch as they succeed."]
+    floor = res.get("driver_floor")
+    if floor:
+        q = " - ".join(_fmt(v) for v in floor.get("ratio_quartiles") or []) or "n/a"
+        losses = ", ".join(f"{k} {_fmt(r['extra_ms'] - floor['extra_ms'])}" for k, r in res["throughput"].items()
+                           if k != "ml_dp")
+        lines += ["", f"**The driver alone**, the steps ML-CW, Rank I and Rank II share (change of variables, "
+                  f"forward, backward, float64 distortion, selection, Adam) with a loss that costs nothing "
+                  f"(`benchmarks/driver_floor.py`), timed the same way: ratio **{_fmt(floor['ratio'])}** (quartiles "
+                  f"{q}). It adds {_fmt(floor['extra_ms'])} ms to the model's step, which leaves "
+                  f"{_fmt(floor['room_ms'])} ms per step for a loss before the ratio drops under {GOAL}. What each "
+                  f"attack's loss adds beyond the driver (ms per step, medians over steps): {losses}."]
     prof = res["profile"]
     lines += ["", "### Where a step's time goes (torch.profiler, CPU)", "",
               "| | kernels / step | CPU ms / step |", "|---|---|---|"]
@@ -385,7 +399,15 @@ def explain_bounds(res: dict) -> str:
             f"kernels per step, an ML-CW step {cw['kernels_per_step']:.0f} and a Rank II step "
             f"{r2['kernels_per_step']:.0f}: the extra ones are the image-sized passes the algorithm needs (the "
             "change of variables, the float64 distortion, Adam) and the float64 loss arithmetic on (N, L) tensors "
-            f"(largest groups of ML-CW: {top}).{grown}")
+            f"(largest groups of ML-CW: {top}).{_floor_sentence(res)}{grown}")
+
+
+def _floor_sentence(res: dict) -> str:
+    floor = res.get("driver_floor")
+    if not floor:
+        return ""
+    return (f" The driver alone, with a loss that costs nothing, reaches {floor['ratio']:.2f}: on this model and "
+            f"machine it leaves {floor['room_ms']:.2f} ms per step for a loss before the ratio drops under {GOAL}.")
 
 
 def main(argv=None) -> dict:
@@ -419,7 +441,11 @@ def main(argv=None) -> dict:
 
     from benchmarks import bench_gpu_paper, bench_memory, bench_shrinking
 
-    thr = section("throughput", lambda: bench_throughput(wl, cfg, device, log))
+    names = ITERATIVE + (driver_floor.NAME,)  # the driver alone is timed beside the attacks, then set apart
+    thr = section("throughput", lambda: bench_throughput(wl, cfg, device, log, names=names))
+    floor = thr.pop(driver_floor.NAME)
+    base_ms = floor["batch"] / floor["baseline_image_steps_per_s"] * 1e3
+    floor["room_ms"] = driver_floor.room_ms(base_ms, floor["extra_ms"], GOAL)
     spd = section("speed-up over one image at a time", lambda: bench_speedup(
         wl, cfg, device, {k: v["attack_seconds"] for k, v in thr.items()}))
     prof = section("profile", lambda: bench_profile(wl, cfg))
@@ -434,7 +460,8 @@ def main(argv=None) -> dict:
            section("paper preset on the GPU", lambda: bench_gpu_paper.run(device, log=log)))
     sync(device)
     res = {"preset": args.preset, "config": asdict(cfg), "machine": machine, "workload": wl.description,
-           "throughput": thr, "speedup": spd, "profile": prof, "model_scale": scale, "shrinking": shr, "memory": mem,
+           "throughput": thr, "driver_floor": floor, "speedup": spd, "profile": prof, "model_scale": scale,
+           "shrinking": shr, "memory": mem,
            "gpu_paper": gpu, "goal": GOAL, "loadavg_after": load_average(), "section_seconds": sections,
            "seconds": time.perf_counter() - t_start}
     res["bounds"] = explain_bounds(res)

@@ -38,6 +38,9 @@ def test_benchmark_suite_smoke(tmp_path, monkeypatch):
         assert _positive_finite(r["ratio"]) and _positive_finite(r["ratio_per_call"])
         assert len(r["ratio_repeats"]) == res["config"]["repeats"]
         assert _positive_finite(res["speedup"][name]["speedup"])
+    floor = res["driver_floor"]  # the driver with a free loss, timed beside the attacks
+    assert _positive_finite(floor["ratio"]) and math.isfinite(floor["room_ms"])
+    assert len(floor["ratio_repeats"]) == res["config"]["repeats"] and "driver alone" not in res["throughput"]
     for name in ("baseline", "ml_cw", "rank2"):
         assert res["profile"][name]["kernels_per_step"] > 0
     for name, r in res["shrinking"]["attacks"].items():
@@ -57,7 +60,7 @@ def test_benchmark_suite_smoke(tmp_path, monkeypatch):
     summary = (tmp_path / "summary_smoke.md").read_text()
     for name in ITERATIVE:
         assert f"| {name} |" in summary
-    assert "Machine:" in summary
+    assert "Machine:" in summary and "**The driver alone**" in summary
     assert "## Throughput as the model grows" in summary and "| resnet18 |" in summary
 
 
