@@ -27,6 +27,11 @@ def case_study_sets(y_row: torch.Tensor, scores_row: torch.Tensor | None = None,
     """
     if y_row.dim() != 1 or y_row.dtype != torch.bool:
         raise ValueError(f"y_row must be a 1-D bool tensor (L,), got {tuple(y_row.shape)} {y_row.dtype}")
+    if scores_row is not None and not (isinstance(scores_row, torch.Tensor) and scores_row.shape == y_row.shape
+                                       and scores_row.is_floating_point() and bool(scores_row.isfinite().all())):
+        raise ValueError(f"scores_row must be a finite float tensor of y_row's shape {tuple(y_row.shape)} (one clean "
+                         f"score per label), got {getattr(scores_row, 'dtype', type(scores_row).__name__)} of shape "
+                         f"{tuple(getattr(scores_row, 'shape', ()))}: pass e.g. scores[i] for image i")
     pos = y_row.nonzero().flatten().tolist()
     neg = (~y_row).nonzero().flatten().tolist()
     if len(pos) < 2 or len(neg) < 2:

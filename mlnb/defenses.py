@@ -61,7 +61,8 @@ class DefendedModel(nn.Module):
     ``bpda=True`` (default) the gradient w.r.t. the input is the straight-through estimate, so
     the attacks of ``mlnb.attacks`` (e.g. ML-CW, Eq. 5) become *adaptive* attacks on the defense;
     with ``bpda=False`` the defense is applied as is (for JPEG the input gradient then does not
-    exist: use that only to evaluate). The wrapper starts in the wrapped model's train / eval mode.
+    exist, and for a rounding step such as :func:`mlnb.purify.bit_depth` it is exactly zero: use that only to
+    evaluate; the attacks refuse the first and warn about the second). The wrapper starts in the wrapped model's train / eval mode.
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
@@ -97,10 +98,12 @@ def histogram_overlap(a: torch.Tensor, b: torch.Tensor, bins: int = 20,
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
     for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.numel() == 0:
-            raise ValueError(f"{name} must be a non-empty tensor of values, got {t!r}")
+        if not isinstance(t, torch.Tensor) or t.numel() == 0 or bool(t.isnan().any()):
+            raise ValueError(f"{name} must be a non-empty tensor of values without NaN, got {t!r}")
     check_int_range("bins", bins, 1, 10_000)
     lo, hi = value_range
+    if not lo < hi:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}: pass e.g. (0.0, 1.0)")
     ha = torch.histc(a.detach().float().flatten().cpu().clamp(lo, hi), bins=bins, min=lo, max=hi)
     hb = torch.histc(b.detach().float().flatten().cpu().clamp(lo, hi), bins=bins, min=lo, max=hi)
     return float(torch.minimum(ha / ha.sum(), hb / hb.sum()).sum())
@@ -123,16 +126,21 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
     from .metrics import average_precision
-    from .validate import check_eval_model, check_finite, check_label_matrix, check_positive, check_same_rows
+    from .validate import (check_eval_model, check_finite, check_label_matrix, check_model_output, check_positive,
+                           check_same_rows)
 
     check_eval_model(model)
     check_images(x)
     check_label_matrix(y, "y")
     check_positive("batch_size", batch_size, integer=True)
+    if defense is not None and not callable(defense):
+        raise TypeError(f"defense must be None or a callable x -> x', got {type(defense).__name__} {defense!r}: pass "
+                        "e.g. mlnb.defenses.make_defense('jpeg')")
     purify = defense if defense is not None else (lambda t: t)
 
     def scores(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model(purify(t[i:i + batch_size])) for i in range(0, len(t), batch_size)])
+        return torch.cat([check_model_output(model(purify(t[i:i + batch_size])), len(t[i:i + batch_size]))
+                          for i in range(0, len(t), batch_size)])
 
     clean = scores(x)
     out = {"clean_logits": clean, "clean_scores": torch.sigmoid(clean),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .target import OMEGA_ZERO_CHOICES, Divisions, Target, _criterion, _divisions  # noqa: F401 (Divisions: public here too)
-from .validate import check_choice, check_label_index, check_label_matrix, check_target
+from .validate import check_choice, check_generator, check_label_index, check_label_matrix, check_target
 
 def target_labels(y: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Target labels ``y* = y`` with the labels of ``A`` flipped. ``(N, L)`` bool -> ``(N, L)`` bool."""
@@ -52,6 +52,7 @@ def kendall_criterion(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torc
 
 def _pick_one(mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One uniformly random True column per row of ``mask`` (rows without one get none)."""
+    check_generator(generator)
     noise = torch.rand(mask.shape, generator=generator, device=_gen_device(generator)).to(mask.device)
     noise = torch.where(mask, noise, torch.full_like(noise, -1.0))
     choice = torch.zeros_like(mask)

@@ -77,15 +77,21 @@ def _check_like(t, name: str, ref: torch.Tensor, ref_name: str, *, boolean: bool
                          f"pass one row per image and one column per label in each")
 
 
+HALF = (torch.float16, torch.bfloat16)  # their integers overflow past 65504 / round past 256: counted in float32
+
+
 def _float(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
-    return t.to(dtype)
+    """Integer counts ``t`` in the dtype their ratios are taken in: that of float32/float64 ``like``, else
+    float32 (half-precision scores: a row of 300 labels has 22,500 pairs, past float16's and bfloat16's integers)."""
+    ok = like is not None and like.is_floating_point() and like.dtype not in HALF
+    return t.to(like.dtype if ok else torch.get_default_dtype())
 
 
 # ----------------------------------------------------------------------------- per-image kernels
 def predict(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
-    """Predicted labels ``h_i = [f_i >= threshold]``: ``(N, L)`` probabilities -> ``(N, L)`` bool (Sec. IV-D)."""
-    _check_scores(scores)
+    """Predicted labels ``h_i = [f_i >= threshold]``: ``(N, L)`` probabilities -> ``(N, L)`` bool (Sec. IV-D);
+    for logits, :func:`predict_from_logits`."""
+    _check_scores(scores, probabilities=True)
     return scores >= threshold
 
 
@@ -161,7 +167,7 @@ def ranking_loss(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
     pair, diff, n_pairs = _pairs(scores, y_star)
     bad = _float((pair & (diff < 0)).sum((1, 2)), scores) + 0.5 * _float((pair & (diff == 0)).sum((1, 2)), scores)
     out = bad / _float(n_pairs.clamp(min=1), scores)
-    return torch.where(n_pairs > 0, out, torch.zeros_like(out))
+    return torch.where(n_pairs > 0, out, torch.zeros_like(out)).to(scores.dtype)
 
 
 def _ap_rows(scores: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
@@ -188,7 +194,7 @@ def average_precision(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tenso
     """
     _check_scores(scores)
     _check_like(y_star, "y_star", scores, "scores")
-    ap = _ap_rows(scores, y_star)
+    ap = _ap_rows(scores, y_star).to(scores.dtype)
     n_pos = y_star.sum(1)
     degenerate = (n_pos == 0) | (n_pos == y_star.shape[1])
     return torch.where(degenerate, torch.ones_like(ap), ap)
@@ -207,7 +213,7 @@ def instance_auc(scores: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
     pair, diff, n_pairs = _pairs(scores, y_star)
     good = _float((pair & (diff > 0)).sum((1, 2)), scores) + 0.5 * _float((pair & (diff == 0)).sum((1, 2)), scores)
     out = good / _float(n_pairs.clamp(min=1), scores)
-    return torch.where(n_pairs > 0, out, torch.full_like(out, math.nan))
+    return torch.where(n_pairs > 0, out, torch.full_like(out, math.nan)).to(scores.dtype)
 
 
 def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
@@ -220,8 +226,8 @@ def kendall_tau_b(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
     """
     _check_scores(scores)
     _check_like(y_tau, "y_tau", scores, "scores", boolean=False)
-    if y_tau.is_floating_point() or y_tau.dtype == torch.bool:
-        raise ValueError(f"y_tau must be an integer tensor (from mlnb.labels.kendall_criterion), got {y_tau.dtype}")
+    if y_tau.is_floating_point() or y_tau.dtype in (torch.bool, torch.uint8):  # uint8 wraps -2 to 254
+        raise ValueError(f"y_tau must be a signed integer tensor (from mlnb.labels.kendall_criterion), got {y_tau.dtype}")
     return tau_b_kernel(scores, y_tau)
 
 
@@ -230,7 +236,7 @@ def tau_b_kernel(scores: torch.Tensor, y_tau: torch.Tensor) -> torch.Tensor:
     boundary, not in the loop). ``y_tau`` may be integer, bool or float; the result has the dtype of
     ``scores`` (float32 logits are safe: only signs of differences and integer pair counts are used).
     NaN where a row of ``scores`` or ``y_tau`` is constant."""
-    if scores.dtype in (torch.float16, torch.bfloat16):  # their pair counts overflow / round (L >= 17)
+    if scores.dtype in HALF:  # their pair counts overflow / round (L >= 17)
         return tau_b_kernel(scores.float(), y_tau).to(scores.dtype)
     return tau_b_from_parts(scores, tau_b_parts(y_tau, scores.dtype))
 
@@ -246,13 +252,14 @@ def tau_b_parts(y_tau: torch.Tensor, dtype: torch.dtype) -> dict:
 
 
 def tau_b_from_parts(scores: torch.Tensor, parts: dict) -> torch.Tensor:
-    """:func:`tau_b_kernel` of float32/float64 ``scores`` on the criterion's :func:`tau_b_parts`."""
+    """:func:`tau_b_kernel` of float32/float64 ``scores`` on the criterion's :func:`tau_b_parts`; NaN for a row with
+    a NaN score (its order is unknown; ``sign(nan)`` would count it as a tie)."""
     dx = torch.sign(scores[:, :, None] - scores[:, None, :])
     num = (dx * parts["dy"]).sum((1, 2))
     nx = (dx != 0).sum((1, 2))
     den = torch.sqrt(_float(nx, scores) * parts["ny"])
     out = (num / den.clamp(min=1)).clamp(-1.0, 1.0)
-    return torch.where((nx > 0) & parts["ok"], out, torch.full_like(out, math.nan))
+    return torch.where((nx > 0) & parts["ok"] & ~scores.isnan().any(1), out, torch.full_like(out, math.nan))
 
 
 # ----------------------------------------------------------------------------- attack evaluation

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 from tqdm.auto import tqdm
 
-from .validate import check_choice, check_eval_model, check_images, check_positive
+from .validate import check_choice, check_eval_model, check_images, check_model_output, check_positive
 
 BACKBONES = ("small_cnn", "mobilenet_v2", "resnet18", "inception_v3")
 DEFAULT_IMAGE_SIZE = {"small_cnn": 40, "mobilenet_v2": 64, "resnet18": 64, "inception_v3": 299}
@@ -229,7 +229,7 @@ def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
     with torch.no_grad():  # scoring only: no autograd graph is kept for the whole data set
         for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
             xb = get(slice(start, start + int(batch_size))).to(device, dtype)
-            chunks.append(model(xb).to(out_device))
+            chunks.append(check_model_output(model(xb), len(xb)).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)
 
 

@@ -107,7 +107,10 @@ def bit_depth(x: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Reduce every channel to ``bits`` bits: ``round(x (2^bits - 1)) / (2^bits - 1)`` (feature
     squeezing, Xu et al. 2018). ``bits=8`` equals :func:`png_roundtrip`; the map is idempotent.
 
-    ``x``: ``(N, C, H, W)`` float in ``[0, 1]``; ``bits``: int in ``[1, 8]``. Returns the same shape.
+    ``x``: ``(N, C, H, W)`` float in ``[0, 1]``; ``bits``: int in ``[1, 8]``. Returns the same shape. Its gradient
+    w.r.t. ``x`` is exactly zero (``round``): attack through it with
+    ``mlnb.defenses.DefendedModel(model, bit_depth, bpda=True)`` (straight-through), or every gradient attack
+    returns the clean image (gradient masking, Athalye et al. 2018; the attacks warn).
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """

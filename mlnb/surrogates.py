@@ -17,6 +17,7 @@ Introduced in notebooks/11_transfer.ipynb.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -71,6 +72,11 @@ def surrogate_specs(preset) -> dict[str, SurrogateSpec]:
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     tr = preset.train
+    ignored = sorted(set(tr) - {"epochs", "batch_size", "lr", "loss", "lam"})
+    if ignored:
+        warnings.warn(f"preset {preset.name!r} sets train {ignored}, which the surrogates do not carry: they train "
+                      "with train_model's defaults for these, so they differ from the target model in more than "
+                      "their one documented way", stacklevel=2)
     budget = SURROGATE_BUDGETS.get(preset.name, {"epochs": tr["epochs"], "arch_epochs": tr["epochs"],
                                                  "n_train": preset.n_train, "arch_n_train": preset.n_train})
 

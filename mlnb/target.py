@@ -6,6 +6,7 @@ Introduced in notebooks/00_definitions.ipynb.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -101,10 +102,14 @@ class Target:
         return int(self.y.shape[0])
 
     def __getitem__(self, rows) -> "Target":
-        """The target of some images: ``rows`` is a slice, an index tensor or an ``(N,)`` bool mask."""
-        if isinstance(rows, int):
-            raise TypeError(f"a Target keeps its image axis: index it with a slice (t[{rows}:{rows + 1}] for one "
+        """The target of some images: ``rows`` is a slice, a 1-D index tensor or list, or an ``(N,)`` bool mask."""
+        if isinstance(rows, numbers.Integral) or (isinstance(rows, torch.Tensor) and rows.dim() == 0):
+            i = int(rows)
+            raise TypeError(f"a Target keeps its image axis: index it with a slice (t[{i}:{i + 1}] for one "
                             "image), an index tensor or a bool mask")
+        if rows is None or rows is Ellipsis or isinstance(rows, tuple) or getattr(rows, "ndim", 1) != 1:
+            raise TypeError(f"a Target is indexed along its image axis only, with a slice, a 1-D index tensor or list, "
+                            f"or an (N,) bool mask; got {type(rows).__name__} {rows!r}")
         return Target._trusted(self.y[rows], self.A[rows], self.B[rows], self.eligible[rows])
 
     def __iter__(self):
@@ -166,9 +171,11 @@ class Target:
         target side of the threshold, ``logit >= 0`` (``F_i >= 0.5``) for a positive ``y*_i``, ``< 0``
         otherwise. ``logits`` ``(N, L)`` float: decide on logits, never on rounded probabilities. A NaN logit
         is on neither side: its constraint does not hold."""
-        if tuple(logits.shape) != tuple(self.y.shape) or not logits.is_floating_point():
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(self.y.shape) \
+                or not logits.is_floating_point():
             raise ValueError(f"logits must be a float tensor of the target's shape {tuple(self.y.shape)} (N, L), got "
-                             f"{logits.dtype} of shape {tuple(logits.shape)}: pass the model's (N, L) logits")
+                             + (f"{logits.dtype} of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor)
+                                else type(logits).__name__) + ": pass the model's (N, L) logits as a torch.Tensor")
         return self.constrained & torch.where(self.y_star, logits >= LOGIT_THRESHOLD, logits < LOGIT_THRESHOLD)
 
     def n_satisfied(self, logits: torch.Tensor) -> torch.Tensor:
@@ -176,7 +183,9 @@ class Target:
         return self.constraints_met(logits).sum(1)
 
     def met(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` bool: every label of ``A`` flipped and every label of ``B`` kept (the attack succeeded)."""
+        """``(N,)`` bool: every label of ``A`` flipped and every label of ``B`` kept (the attack succeeded).
+        An image the target does not apply to (``eligible`` False: no constraint) meets it vacuously: count
+        success rates over ``t[t.eligible]`` (the attacks accept only eligible images)."""
         return self.n_satisfied(logits) == self.n_constraints
 
     def flipped(self, logits: torch.Tensor) -> torch.Tensor:

@@ -213,6 +213,9 @@ def transfer_attack(attack: str, surrogate: nn.Module, target_model: nn.Module, 
     if max_rmsd is not None:
         check_positive("max_rmsd", max_rmsd)
     check_eval_model(target_model)
+    # the target model must take these images and give logits for these labels: found out now, not after the attack
+    if isinstance(target, Target) and isinstance(x, torch.Tensor) and len(x):
+        evaluate_transfer(target_model, x[:1], x[:1], target[:1], batch_size=1)
     res = craft(attack, surrogate, x, target, generator=generator, progress=progress, **params)
     x_adv, projected = res.x_adv, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if max_rmsd is not None:

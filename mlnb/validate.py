@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import types
 import typing
 from typing import Iterable, Sequence
@@ -60,13 +61,15 @@ def check_annotated(name: str, value, annotation) -> None:
     ``rank2.pairwise=false`` (a string) fails here, before any work, with the keyword's name. Also the one
     check of a flag: ``check_annotated("trace", trace, bool)``."""
     kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    plain = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
-             float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+    plain = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),  # Python numbers, as the attacks take
+             float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
              bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
              type(None): lambda v: v is None}
     if not all(k in plain for k in kinds):
         return
     if not any(plain[k](value) for k in kinds):
+        if int in kinds or float in kinds:
+            _python_number(name, value, float not in kinds)
         want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
         raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
 
@@ -129,8 +132,9 @@ def check_label_matrix(y, name: str = "y", num_labels: int | None = None) -> Non
     if y.dtype != torch.bool:
         if y.is_floating_point() or y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
             vals = torch.unique(y).tolist()
-            hint = ("labels look like the paper's ±1: pass y > 0" if set(vals) <= {-1, 1}
-                    else "labels must be binary: pass a bool mask (y > 0.5)")
+            hint = (f"labels look like the paper's ±1: pass {name} > 0" if set(vals) == {-1, 1}
+                    else f"pass a bool mask ({name} > 0.5 for 0/1 values)" if set(vals) <= {0, 1}
+                    else f"labels must be binary: pass a bool mask (e.g. {name} > 0.5)")
             raise ValueError(f"{name} must be a bool tensor (N, L), got dtype {y.dtype} with values "
                              f"{vals[:6]}: {hint}")
         raise ValueError(f"{name} must be a bool tensor (N, L), got dtype {y.dtype}")
@@ -174,15 +178,31 @@ def check_target(y: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                              f"A != {{}}; drop those images (use the generator's eligible mask)")
 
 
+def check_generator(generator, name: str = "generator") -> None:
+    """A random choice's source: ``None`` (torch's global generator) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be None or a torch.Generator, got {type(generator).__name__} {generator!r}: "
+                        f"pass e.g. {name}=torch.Generator().manual_seed(0)")
+
+
 def check_label_index(j, num_labels: int, names: Sequence[str] | None = None) -> int:
-    """Resolve a label given by index or by name to an index in ``range(num_labels)``."""
+    """Resolve a label given by index (any integer: Python, NumPy or a 0-d integer tensor) or by name to an
+    index in ``range(num_labels)``; ``names``, when given, has one entry per label."""
+    if names is not None and len(names) != num_labels:
+        raise ValueError(f"names has {len(names)} entries but there are {num_labels} labels: pass one name per "
+                         "label column")
     if isinstance(j, str):
         if names is None or j not in names:
             valid = ", ".join(names) if names else "(no label names given: pass an int index)"
             raise ValueError(f"unknown label name {j!r}: choose one of {valid}")
         return list(names).index(j)
-    if isinstance(j, bool) or not isinstance(j, int):
-        raise TypeError(f"label index must be an int or a label name, got {type(j).__name__}")
+    if isinstance(j, bool) or (isinstance(j, torch.Tensor) and (j.dim() != 0 or j.is_floating_point()
+                                                               or j.dtype == torch.bool)):
+        raise TypeError(f"label index must be an int or a label name, got {type(j).__name__} {j!r}")
+    try:
+        j = operator.index(j)
+    except TypeError:
+        raise TypeError(f"label index must be an int or a label name, got {type(j).__name__} {j!r}") from None
     if not 0 <= j < num_labels:
         raise ValueError(f"label index {j} is out of range: there are {num_labels} labels (0..{num_labels - 1})")
     return j
@@ -197,6 +217,16 @@ def check_eval_model(model) -> None:
         where = "" if model.training else f" in its submodules {_listed(training)}"
         raise ValueError(f"model is in training mode{where} (dropout / batch-norm statistics would change under "
                          "attack): call model.eval() first")
+
+
+def check_model_output(out, n: int) -> torch.Tensor:
+    """A model's output for ``n`` images: an ``(n, L)`` float tensor, returned as is."""
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == n and out.is_floating_point()):
+        shape = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model returned {shape} for {n} images: it must map (N, C, H, W) images to (N, L) float "
+                         "logits (a model with several outputs, e.g. Inception-v3 with aux logits in training mode: "
+                         "call model.eval() or wrap it to return the main logits)")
+    return out
 
 
 def check_logits(logits: torch.Tensor, n: int, num_labels: int) -> None:

@@ -15,6 +15,7 @@ import inspect
 import torch
 
 from .attacks import ATTACKS, AttackResult, check_params
+from .validate import check_generator
 
 __all__ = ["Attack", "FGS", "FG", "MLCW", "MLDP", "RankI", "RankII", "WRAPPERS"]
 
@@ -53,8 +54,7 @@ class Attack:
                             f"{type(model).__name__}: pass the network itself, e.g. {type(self).__name__}(model)")
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be a bool (True shows one tqdm bar per call), got {progress!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
+        check_generator(generator)
         check_params(self.name, params)
         self.model = model
         self.progress = progress

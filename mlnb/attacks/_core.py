@@ -6,6 +6,7 @@ Private to :mod:`mlnb.attacks`. Introduced in notebooks/02_baselines_fgs_fg.ipyn
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -123,8 +124,9 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
     if torch.is_inference_mode_enabled():
         raise ValueError("the attack was called under torch.inference_mode(), where no gradient can be taken: "
                          "call it outside that block (torch.no_grad() is fine: the attacks enable gradients)")
+    x1 = x[:1].detach().requires_grad_(True)
     try:
-        probe = model(x[:1].detach().requires_grad_(True))  # one image, with its graph
+        probe = model(x1)  # one image, with its graph
     except RuntimeError as err:
         dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), x.dtype)
         if dtype == x.dtype:
@@ -132,11 +134,27 @@ def setup(model, x, y, A, B, *, batch_size, autocast_dtype, channels_last) -> tu
         raise ValueError(f"the model failed on x ({str(err).splitlines()[0]}): x is {x.dtype} but the model's "
                          f"weights are {dtype}; pass x.to({dtype}) or convert the model with model.to({x.dtype})") from err
     V.check_logits(probe, 1, int(target.y.shape[1]))
-    if not probe.requires_grad:
-        raise ValueError("the model's logits do not depend differentiably on x (its forward runs under torch.no_grad() "
-                         "or detaches), and every attack needs their gradient w.r.t. the input: remove that from "
-                         "forward, or wrap a non-differentiable defense with mlnb.defenses.DefendedModel(bpda=True)")
+    check_input_gradient(probe, x1)
     return Runtime(model, autocast_dtype, channels_last, batch_size), target
+
+
+def check_input_gradient(probe: torch.Tensor, x1: torch.Tensor) -> None:
+    """The logits ``probe`` ``(1, L)`` of the image ``x1`` must have a gradient w.r.t. ``x1``: an error where the graph
+    does not reach it (a forward under ``torch.no_grad()``, a ``detach``, a non-differentiable defense; the weights
+    may still carry a graph), a warning where it is exactly zero (a rounding step such as ``purify.bit_depth``: every
+    gradient attack then returns the clean image, which would read as robustness; Athalye et al. 2018)."""
+    weights = torch.arange(1, probe.shape[1] + 1, device=probe.device, dtype=probe.dtype)  # no cancelling out
+    grad = torch.autograd.grad((probe * weights).sum(), x1, allow_unused=True)[0] if probe.requires_grad else None
+    if grad is None:
+        raise ValueError("the model's logits do not depend differentiably on x (its forward runs under torch.no_grad() "
+                         "or detaches, e.g. a JPEG step), and every attack needs their gradient w.r.t. the input: remove "
+                         "that from forward, or wrap a non-differentiable defense with "
+                         "mlnb.defenses.DefendedModel(bpda=True)")
+    if not bool(grad.any()):
+        warnings.warn("the model's logits have a zero gradient w.r.t. the first image (a rounding or quantising step, "
+                      "e.g. purify.bit_depth?): gradient attacks cannot move such an image, and their failure would "
+                      "read as robustness; wrap the step with mlnb.defenses.DefendedModel(model, defense, bpda=True) "
+                      "to attack through it", stacklevel=3)
 
 
 def finalize(rt: Runtime, x: torch.Tensor, x_adv: torch.Tensor, target: Target, iterations: torch.Tensor,

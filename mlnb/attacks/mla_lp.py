@@ -142,9 +142,11 @@ def mla_lp(model, x, y, A=None, B=None, *, generator=None, progress=True, max_it
     often have several optimal vertices (a small CNN's gradient columns are often proportional), so it can
     select another vertex and the image follow another path (``benchmarks/successors_batching.py`` counts
     the images whose outcome differs alone). Even a unique optimum leaves a second door: at τ = 0.5 the
-    linearised step lands a label exactly on logit 0 (the reference adds no overshoot), so on a model that
-    is linear, or nearly so, the last bits of the model's output decide on which side it ends (a batch
-    can give 1.9e-9 where the image alone gives -1e-9); the stall rule then lowers τ and the next step crosses.
+    linearised step aims a label at logit 0 (the reference adds no overshoot), and the BCE it linearises is
+    convex, so on a model that is linear, or nearly so, each step stops short of 0 and the gap shrinks about
+    twenty-fold per step without crossing; the label crosses once the margin stalls and the stall rule lowers
+    τ. When it stalls is decided by the last bits of the model's output (a batch can give 1.9e-9 where the
+    image alone gives -1e-9), so a small ``max_iter`` can end such an image a step before or after it crosses.
 
     >>> res = mla_lp(model.eval(), x, target, max_iter=20)
     >>> res.success, res.extras["linf"], res.extras["n_lp_failed"]

@@ -59,9 +59,7 @@ def topk_targets(logits: torch.Tensor, y: torch.Tensor, k: int, strategy: str = 
     Introduced in notebooks/13_successors.ipynb."""
     V.check_choice("strategy", strategy, TOPK_STRATEGIES)
     _check_scores(logits, y, k)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__} {generator!r}: "
-                        "pass e.g. generator=torch.Generator().manual_seed(0)")
+    V.check_generator(generator)
     short = (~y).sum(1) < k
     if bool(short.any()):
         raise ValueError(f"images {short.nonzero().flatten().tolist()[:10]} have fewer than k={k} negative "
