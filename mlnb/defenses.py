@@ -61,8 +61,9 @@ class DefendedModel(nn.Module):
     ``bpda=True`` (default) the gradient w.r.t. the input is the straight-through estimate, so
     the attacks of ``mlnb.attacks`` (e.g. ML-CW, Eq. 5) become *adaptive* attacks on the defense;
     with ``bpda=False`` the defense is applied as is (for JPEG the input gradient then does not
-    exist, and for a rounding step such as :func:`mlnb.purify.bit_depth` it is exactly zero: use that only to
-    evaluate; the attacks refuse the first and warn about the second). The wrapper starts in the wrapped model's train / eval mode.
+    exist, and for a rounding step such as :func:`mlnb.purify.bit_depth` it is exactly zero: use that
+    only to evaluate; the attacks refuse the first and warn about the second). The wrapper starts in
+    the wrapped model's train / eval mode.
 
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """

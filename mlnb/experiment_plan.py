@@ -7,12 +7,13 @@ Introduced in notebooks/06_general_attacks.ipynb.
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import torch
 
 from .labels import make_target
-from .presets import PAPER_FORMS, Preset, row_attack
-from .target import THRESHOLD
+from .presets import PAPER_FORMS, ROW_NAMES, Preset, row_attack
+from .target import LOGIT_THRESHOLD
 from .validate import check_choice, check_positive, check_seed
 
 GENERAL = ("random", "extreme")
@@ -31,10 +32,11 @@ def seeded_generator(*parts) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- attack set and targets
-def attack_set(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly,
-    ``(scores >= 0.5) == y`` on all ``L`` labels. ``scores`` ``(N, L)`` probabilities, ``y`` ``(N, L)`` bool."""
-    return ((scores >= THRESHOLD) == y).all(1).nonzero().flatten()
+def attack_set(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly at the 0.5 threshold,
+    decided on the logits (``(logits >= 0) == y`` on all ``L`` labels; a float32 probability rounds to 0.5 for
+    logits within 3e-8 of 0). ``logits`` ``(N, L)``, ``y`` ``(N, L)`` bool."""
+    return ((logits >= LOGIT_THRESHOLD) == y).all(1).nonzero().flatten()
 
 
 def draw_targets(y: torch.Tensor, candidates: torch.Tensor, strategy: str, n: int, *, seed: int,
@@ -73,6 +75,22 @@ def row_params(preset: Preset, row: str, params: dict | None = None) -> dict:
     return {**preset.attack_params(row_attack(row)), **PAPER_FORMS.get(row, {}), **(params or {}).get(row, {})}
 
 
+def resolve_params(preset: Preset, rows: list[str], params: dict) -> dict:
+    """``{row: resolved keyword arguments}`` for the table ``rows`` (:func:`row_params`), after checking every
+    row of ``params`` (``{row: {keyword: value}}``): a misspelt row or keyword fails now, not after the target
+    model is trained, and parameters of a row that is not run are named in a warning (they reach no other row)."""
+    from .attacks import check_params
+
+    for row in params:
+        check_choice("attack in params", row, ROW_NAMES)
+        check_params(row_attack(row), row_params(preset, row, params))
+    idle = sorted(set(params) - set(rows))
+    if idle:
+        warnings.warn(f"parameters given for rows that are not run, {idle}: they apply to their row only (run it "
+                      f"with --attacks / attacks=, or drop them)", stacklevel=3)
+    return {row: row_params(preset, row, params) for row in rows}
+
+
 def is_scenario_row(p: dict) -> bool:
     """Must a row with resolved params ``p`` see a whole scenario in one call? Yes when it picks one ε
     for all images of a call (``eps="scenario"``), and for ML-DP's paper form, which drives every label
@@ -92,7 +110,8 @@ def run_params(preset: Preset, row: str, p: dict, **fields) -> dict:
     """What a run key hashes: everything that changes a row's per-image results (``fields``: seed, n,
     max_rmsd, label). How many images are attacked together is left out, the runner's ``batch_size`` and
     the attack's own ``batch_size`` and ``trace`` parameters (no attack draws random numbers or mixes
-    images, so chunks do not change results), except for a scenario-ε row, attacked in one call:
+    images: chunks change no formula, only the last bits of the model's convolutions, which an attack can
+    carry into another outcome; README, resume), except for a scenario-ε row, attacked in one call:
     ``"scenario"``."""
     p = {k: v for k, v in p.items() if k not in NOT_IN_RUN_KEY}
     key = {"attack": row, "function": row_attack(row), "params": p, "n_test": preset.n_test,
@@ -108,13 +127,17 @@ def check_counts(strategies: list[str], n, seed) -> None:
     check_seed(seed)
     for strategy in strategies:
         n_s = n.get(strategy) if isinstance(n, dict) else n
-        if n_s is not None:
-            check_positive(f"n (images of strategy {strategy!r})", n_s, integer=True)
+        try:
+            if n_s is not None:
+                check_positive("n", n_s, integer=True)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{err} (the images of strategy {strategy!r}; --n-images on the command line)") from None
 
 
 def split_names(value, valid, what: str) -> list[str]:
     """Names given as a list or a comma-separated string (``"ml_cw, rank2"``), each checked against ``valid``."""
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = [v for v in items if v != ""]  # "" or "ml_cw," name no row there
     if not items:
         raise ValueError(f"no {what} given: choose from {', '.join(valid)}")
     for v in items:

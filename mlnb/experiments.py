@@ -14,9 +14,9 @@ correctly at threshold 0.5; for each strategy, the images of ``X`` it applies to
 strategy)``, so the images and targets depend on the seed only (never on the attacks asked for or
 on the number of processes); each row run on fixed chunks of ``attack_batch_size`` images (sorted by
 data-set index; chunk ``k`` goes to rank ``k mod world_size`` with a generator seeded by ``(seed,
-data set, row, strategy, k)``; no attack draws from it, so the chunking does not change per-image
-results and ``batch_size`` is not part of the run key), except a row whose ε is chosen on the
-scenario (``eps="scenario"``): it is attacked in *one* call (the attack splits it memory-wise with its
+data set, row, strategy, k)``; no attack draws from it; ``batch_size`` is not in the run key: it changes
+no formula, only the model's last bits: README, resume; records keep ``chunk``), except a row whose ε is
+chosen on the scenario (``eps="scenario"``): it is attacked in *one* call (the attack splits it memory-wise with its
 own ``batch_size``), so that its ε is the scenario's; per-image metrics (on the logits,
 :func:`mlnb.metrics.per_image_metrics`) appended to a :class:`mlnb.store.ResultStore` after every
 chunk; and the table, aggregated in data-set index order from what is on disk.
@@ -51,14 +51,15 @@ import pandas as pd
 import torch
 
 from .experiment_plan import (GENERAL, attack_set, check_counts, draw_targets, is_scenario_row, plan_chunks,
-                              project_rmsd, row_params, run_params, seeded_generator, split_names)
+                              project_rmsd, resolve_params, row_params, run_params, seeded_generator,  # noqa: F401
+                              split_names)  # (row_params: public here too)
 from .labels import STRATEGIES
 from .metrics import per_image_metrics
 from .presets import ATTACK_NAMES, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
 from .store import ResultStore, aggregate, aggregate_ci, records_frame, run_key
 from .target import Target
 from .utils import param_hash, resolve_device, run_in_chunks
-from .validate import check_choice, check_positive
+from .validate import check_positive
 
 # ----------------------------------------------------------------------------- distributed helpers
 def dist_context(device: torch.device) -> tuple[int, int, torch.device, bool]:
@@ -174,9 +175,9 @@ def _load(preset: Preset, dataset: str, device, progress: bool, rank: int, world
     if rank == 0:
         _barrier(world)
     ds = load_dataset(dataset, "test", n_examples=preset.n_test, image_size=preset.image_size)
-    model_id = str(info.get("model_id") or info.get("hash") or info.get("path", preset.backbone)) \
-        if isinstance(info, dict) else preset.backbone
-    return model.eval(), ds, Path(model_id).stem
+    info = info if isinstance(info, dict) else {}  # the id names the checkpoint and, when known, its weights
+    model_id = Path(str(info.get("model_id") or info.get("hash") or info.get("path", preset.backbone))).stem
+    return model.eval(), ds, model_id + (f"-w{info['weights_sha256']}" if info.get("weights_sha256") else "")
 
 
 def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERAL, *, out_dir: str | Path,
@@ -198,16 +199,16 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         max_rmsd: RMSD bound (0-255) with the projection rule of the module docstring; default the preset's.
         params: ``{row: {keyword: value}}`` overriding the row's resolved parameters (that row only:
             ``{"fgs": ...}`` does not reach ``fgs_per_image``).
-        batch_size: images per chunk (default ``preset.attack_batch_size``); not in the run key (chunks
-            do not change results); ignored by a scenario-ε row, which is attacked in one call.
+        batch_size: images per chunk (default ``preset.attack_batch_size``); not in the run key (it changes the
+            model's last bits only; see the module docstring); ignored by a scenario-ε row (attacked in one call).
         download: let torchvision fetch PASCAL VOC (``paper`` preset) when it is missing; without it a
             missing VOC folder raises ``FileNotFoundError`` naming the folder, before any work.
 
     Images ``x`` ``(N, C, H, W)`` in ``[0, 1]`` and masks ``(N, L)`` bool follow ``docs/ARCHITECTURE.md``.
     Under ``torchrun`` every rank calls this; all ranks return the same result.
     """
-    from .attacks import ATTACKS, check_params
-    from .models import predict_scores
+    from .attacks import ATTACKS
+    from .models import predict_logits
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     attacks, strategies = split_names(attacks, ROW_NAMES, "attack"), split_names(strategies, STRATEGIES, "strategy")
@@ -217,12 +218,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         check_positive("max_rmsd", max_rmsd)
     check_data_available(preset, download=download)
     check_counts(strategies, n, seed)
-    params = params or {}
-    for a in params:
-        check_choice("attack in params", a, ROW_NAMES)
-    resolved = {row: row_params(preset, row, params) for row in attacks}
-    for row in attacks:  # a misspelt keyword fails now, not after the target model is trained
-        check_params(row_attack(row), resolved[row])
+    resolved = resolve_params(preset, attacks, params or {})  # checked before the target model is trained
     rank, world, dev, created = dist_context(resolve_device(device))
     store_root = Path(out_dir)
     if batch_size is not None:
@@ -233,9 +229,8 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         for dataset in datasets:
             model, ds, model_id = _load(preset, dataset, dev, progress, rank, world, download)
             y_all = ds.labels
-            with torch.no_grad():
-                scores_all = predict_scores(model, ds, batch_size=max(bs, 64)).detach().cpu()
-            X = attack_set(scores_all, y_all)
+            logits_all = predict_logits(model, ds, batch_size=max(bs, 64))  # X is decided on them
+            scores_all, X = torch.sigmoid(logits_all).cpu(), attack_set(logits_all.cpu(), y_all)
             sizes[dataset], label_names[dataset] = int(len(X)), ds.label_names
             for strategy in strategies:
                 label = {"reduce": preset.reduce_label, "augment": preset.augment_label}.get(strategy)
@@ -263,7 +258,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
                                           (seed, dataset, attack, strategy, k), max_rmsd, split=not scenario)
                         for i, r, a_row in zip(ii.tolist(), recs, goal.A[c]):
                             r.update(index=i, image_id=ds.ids[i], dataset=dataset, strategy=strategy, attack=attack,
-                                     label=label, A=a_row.nonzero().flatten().tolist(),
+                                     label=label, A=a_row.nonzero().flatten().tolist(), chunk=len(c),
                                      scores_clean=scores_all[i].tolist())
                         store.append(recs)
                     rows.append((store, dataset, strategy, attack, idx.tolist()))

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from . import experiments as E
-    from .utils import atomic_write_text, environment_info, param_hash, resolve_device, write_json
+    from .utils import atomic_write_text, environment_info, param_hash, resolve_device, results_root, write_json
 
     ap = argparse.ArgumentParser(prog="python -m mlnb.experiments", description="\n\n".join(E.__doc__.split("\n\n")[:3]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="default", help="smoke, default or paper (default: %(default)s)")
     ap.add_argument("--attacks", default=",".join(ATTACK_NAMES), help=ROWS_HELP)
     ap.add_argument("--strategies", default="random,extreme", help="comma-separated: random, extreme, reduce, augment")
-    ap.add_argument("--out", default="results/experiments", help="output folder (default: %(default)s)")
+    ap.add_argument("--out", default=None, help="output folder (default: <results>/experiments, where <results> "
+                    "is $MLNB_RESULTS or results/)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu or an accelerator name")
     ap.add_argument("--n-images", type=int, default=None, help="images per strategy (default: the preset's)")
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--download", action="store_true", help="fetch PASCAL VOC when missing (paper preset)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else results_root() / "experiments"
+    args.out = str(out)  # recorded in metrics.json as resolved
     res = E.run_experiment(args.preset, args.attacks, args.strategies, out_dir=out / "runs", seed=args.seed,
                            device=args.device, n=args.n_images, params=_parse_params(args.param),
                            batch_size=args.batch_size, download=args.download,

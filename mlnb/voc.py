@@ -88,14 +88,17 @@ def parse_labels(annotation: dict, difficult: str = "positive") -> torch.Tensor:
         objects = [objects]
     y = torch.zeros(len(VOC_LABELS), dtype=torch.bool)
     for obj in objects:
-        if difficult == "ignore" and str(obj.get("difficult", "0")).strip() == "1":
-            continue
         name = obj.get("name") if isinstance(obj, dict) else None
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"an <object> needs exactly one non-empty <name>, got {name!r}")
         name = name.strip()
         if name not in VOC_LABELS:
             raise ValueError(f"unknown VOC class {name!r} in an annotation: expected one of {VOC_LABELS}")
+        flag = obj.get("difficult", "0")
+        if not isinstance(flag, str) or flag.strip() not in ("", "0", "1"):
+            raise ValueError(f"an <object> ({name}) needs at most one <difficult> of 0 or 1, got {flag!r}")
+        if difficult == "ignore" and flag.strip() == "1":
+            continue
         y[VOC_LABELS.index(name)] = True
     return y
 
@@ -176,7 +179,9 @@ def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, 
     if download and not split_file.is_file():
         download_voc(root, year, official)
     if not folder.is_dir():
-        raise FileNotFoundError(f"PASCAL VOC {year} not found: no folder {folder}. Pass download=True "
+        off = (f" ({root} is itself {root.name}/: pass its parent{'' if root.name == 'VOCdevkit' else ' parent'} "
+               f"as root)") if root.name in ("VOCdevkit", f"VOC{year}") else ""
+        raise FileNotFoundError(f"PASCAL VOC {year} not found: no folder {folder}{off}. Pass download=True "
                                 f"(load_dataset('voc{year}', {split!r}, download=True)) to fetch it, or "
                                 f"root=<folder holding VOCdevkit/>")
     if not split_file.is_file():
@@ -186,6 +191,12 @@ def load_voc(year: int, split: str, *, root: str | Path, image_size: int = 299, 
     ids = read_ids(split_file)
     keep = _split_2012(ids, split) if year == 2012 and split in ("train", "val") else list(range(len(ids)))
     images = [str(folder / "JPEGImages" / f"{ids[i]}.jpg") for i in keep]
+    missing = [f for i, f in zip(keep, images) if not Path(f).is_file()]
+    missing += [str(folder / "Annotations" / f"{ids[i]}.xml") for i in keep
+                if not (folder / "Annotations" / f"{ids[i]}.xml").is_file()]
+    if missing:  # found now, not when a batch first reads the image hours into training
+        raise FileNotFoundError(f"VOC {year} {split}: {len(missing)} listed files are missing ({missing[:3]}): "
+                                f"unpack the archive again, or pass download=True to fetch it")
     labels = (torch.stack([read_labels(base, folder / "Annotations" / f"{ids[i]}.xml", difficult) for i in keep])
               if keep else torch.zeros(0, 20, dtype=torch.bool))
     ds = MultiLabelDataset(f"voc{year}", split, labels, VOC_LABELS, [ids[i] for i in keep],

@@ -49,8 +49,9 @@ def test_attack_set_and_seeded_draws():
     y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.bool)
     scores = y.float() * 0.9 + 0.05
     scores[1, 0] = 0.7  # image 1 misclassified: not in X
-    X = E.attack_set(scores, y)
+    X = E.attack_set(torch.logit(scores), y)  # decided on the logits
     assert X.tolist() == [0, 2, 3, 4, 5]
+    assert E.attack_set(torch.tensor([[-2e-8, 3.0]]), torch.tensor([[True, True]])).tolist() == []  # sigmoid: 0.5
     a = E.draw_targets(y, X, "random", 3, seed=7)
     b = E.draw_targets(y, X, "random", 3, seed=7)
     assert torch.equal(a[0], b[0]) and a[2] == b[2]
@@ -232,6 +233,22 @@ def test_cli_help_and_param_parsing():
         E._parse_params(["max_iter=20"])
     with pytest.raises(SystemExit):
         E.main(["--help"])
+
+
+@pytest.mark.unit
+def test_cli_writes_under_mlnb_results_by_default(tmp_path, monkeypatch):
+    import pandas as pd
+
+    seen = {}
+
+    def fake_run(preset, attacks, strategies, *, out_dir, **kw):
+        seen["out_dir"] = out_dir
+        return E.ExperimentResult(pd.DataFrame({"x": [1.0]}), pd.DataFrame(), {}, {}, {}, out_dir)
+
+    monkeypatch.setenv("MLNB_RESULTS", str(tmp_path))
+    monkeypatch.setattr(E, "run_experiment", fake_run)
+    E.main(["--preset", "smoke", "--attacks", "fgs"])  # used to write to ./results/experiments wherever it ran
+    assert seen["out_dir"] == tmp_path / "experiments" / "runs" and (tmp_path / "experiments" / "table.csv").is_file()
 
 
 # ----------------------------------------------------------------------------- smoke runs (subprocesses)
@@ -424,7 +441,8 @@ def test_offline_data_sets_are_not_downloaded(spies):
 @pytest.mark.unit
 @pytest.mark.parametrize("info, want", [({"model_id": "m1", "hash": "h", "path": "/a/p.pt"}, "m1"),
                                         ({"hash": "h2", "path": "/a/p.pt"}, "h2"),
-                                        ({"path": "/a/p.pt"}, "p"), ({}, "small_cnn"), (None, "small_cnn")])
+                                        ({"path": "/a/p.pt"}, "p"), ({}, "small_cnn"), (None, "small_cnn"),
+                                        ({"path": "/a/p.pt", "weights_sha256": "0123abcd"}, "p-w0123abcd")])
 def test_model_id_prefers_the_id_then_the_hash_then_the_file_name(spies, monkeypatch, info, want):
     from mlnb import training
 

@@ -86,7 +86,7 @@ class Harness:
         assert (lab.any(1) & (~lab).any(1)).sum() >= 8  # random case: enough eligible images
         assert (lab[:, 0] & (lab.sum(1) >= 2)).sum() >= 2 and (lab[:, 1] & (lab.sum(1) >= 2)).sum() >= 2  # reduce
         monkeypatch.setattr(E, "_load", lambda preset, *a, **k: (self.model, self.ds, self.model_id))
-        monkeypatch.setattr(models, "predict_scores", lambda model, ds, **k: torch.sigmoid(model(ds.x)).detach())
+        monkeypatch.setattr(models, "predict_logits", lambda model, ds, **k: model(ds.x).detach())
         for name in REAL:
             monkeypatch.setitem(attacks.ATTACKS, name, self._attack(name))
 
@@ -228,3 +228,28 @@ def test_scenario_rows_keep_batch_size_out_of_the_key(harness):
     assert harness.run(["fg"], n=6, batch_size=4)[0] == []
     calls, _ = harness.run(["fg_per_image"], n=6, batch_size=4)
     assert [c[1] for c in calls] == [4, 2]
+
+
+def test_records_keep_the_chunk_they_were_attacked_in(harness):
+    """A run resumed with another batch size mixes chunkings (the model's convolutions round by batch size):
+    each record says which."""
+    harness.run(["fgs_per_image"], n=5, batch_size=2)
+    assert sorted(harness.last.records["chunk"].tolist()) == [1, 2, 2, 2, 2]
+
+
+def test_a_misspelt_parameter_of_a_row_that_is_not_run_fails():
+    with pytest.raises(ValueError, match="unknown parameter"):  # used to be ignored with its row
+        E.resolve_params(get_preset("smoke"), ["fgs_per_image"], {"ml_cw": {"max_iterr": 3}})
+
+
+def test_parameters_of_a_row_that_is_not_run_are_named(harness):
+    with pytest.warns(UserWarning, match=r"rows that are not run, \['ml_cw'\]"):
+        harness.run(["fgs_per_image"], params={"ml_cw": {"max_iter": 3}})
+
+
+def test_an_empty_row_list_and_a_zero_image_count_name_the_option():
+    with pytest.raises(ValueError, match="no attack given"):
+        E.split_names("", ROW_NAMES, "attack")
+    assert E.split_names("ml_cw,", ROW_NAMES, "attack") == ["ml_cw"]
+    with pytest.raises(ValueError, match="--n-images"):
+        E.check_counts(["random"], 0, 0)

@@ -128,13 +128,35 @@ def test_split_lists_with_blank_lines_a_bom_or_repeats(own_tree):
     ("<annotation><object><name></name></object></annotation>", "exactly one non-empty <name>"),
     ("<annotation><object><name>dog</name><name>cat</name></object></annotation>", "exactly one non-empty <name>"),
     ("<annotation><object><name>dog", "no element found"),
+    ("<annotation><object>dog</object></annotation>", "exactly one non-empty <name>"),  # no child tags
+    ("<annotation><object><name>dog</name><difficult>1</difficult><difficult>1</difficult></object></annotation>",
+     "at most one <difficult>"),  # used to read as not difficult under difficult="ignore"
+    ("<annotation><object><name>unicorn</name><difficult>1</difficult></object></annotation>", "unknown VOC class"),
 ])
 def test_a_malformed_annotation_is_named(own_tree, xml, problem):
     root, base = own_tree
     bad = base / "Annotations" / f"{SPLITS_2007['train'][1]}.xml"
     bad.write_text(xml)
-    with pytest.raises(ValueError, match=f"VOC annotation {bad} is malformed: .*{problem}"):
+    for difficult in ("positive", "ignore"):  # the same verdict whichever way difficult objects count
+        with pytest.raises(ValueError, match=f"VOC annotation {bad} is malformed: .*{problem}"):
+            load_voc(2007, "train", root=root, image_size=8, difficult=difficult)
+
+
+@pytest.mark.parametrize("folder", ["JPEGImages", "Annotations"])
+def test_a_listed_file_that_is_missing_is_named_when_the_set_is_loaded(own_tree, folder):
+    # a missing JPEG used to surface only when a batch first read it (hours into a training run)
+    root, base = own_tree
+    gone = base / folder / f"{SPLITS_2007['train'][1]}.{'jpg' if folder == 'JPEGImages' else 'xml'}"
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 listed files are missing.*{gone.name}.*download=True"):
         load_voc(2007, "train", root=root, image_size=8)
+
+
+@pytest.mark.parametrize("level", ["VOCdevkit", "VOCdevkit/VOC2007"])
+def test_a_root_one_level_too_deep_is_named(own_tree, level):
+    root, _ = own_tree
+    with pytest.raises(FileNotFoundError, match="pass its parent"):
+        load_voc(2007, "train", root=root / level, image_size=8)
 
 
 def test_a_truncated_image_is_named_and_the_set_pickles(own_tree):
