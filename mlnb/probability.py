@@ -17,10 +17,12 @@ paper's formula wherever float64 can represent it and each gradient is the true 
   (``e^{-|z|} / (1 + e^{-|z|})^2``), non-zero for ``|z|`` up to about 700 in float64 (about 100 once
   cast back to float32);
 * :func:`centered`: ``sigmoid(z) - 0.5`` (= ``tanh(z/2)/2``), exact for tiny and huge ``z``;
-* :func:`gap`: ``sigmoid(a) - sigmoid(b)`` for any pair of logits, by the form that cancels nothing:
-  ``sigma(-b) - sigma(-a)`` (both large positive), ``sigma(a) - sigma(b)`` (both large negative),
-  ``centered(a) - centered(b)`` otherwise. Distinct logits give a non-zero gap of the right sign
-  (down to differences float64 can hold);
+* :func:`gap`: ``sigmoid(a) - sigmoid(b)`` for any pair of logits, never as a difference of two probabilities
+  rounded near 1: ``sigma(-b) - sigma(-a)`` (both large positive), ``sigma(a) - sigma(b)`` (both large
+  negative), ``centered(a) - centered(b)`` otherwise. Distinct logits give a non-zero gap of the right sign
+  (down to differences float64 can hold); for nearly equal logits the difference keeps fewer digits
+  (relative error about 1e-7 for ``a - b = 1e-9`` at ``a = 3``), which no decision reads: those are taken on
+  the logits;
 * :func:`exp_gap`: ``e^{sigmoid(a)} - e^{sigmoid(b)} = e^{sigmoid(b)} expm1(gap(a, b))``, the
   difference compared by Rank I / II (Eq. 9, 11);
 * :func:`prob_margin`: ``s (sigmoid(z) - 0.5)`` for a target sign ``s = ±1``, the quantity of Eq. (5);
@@ -139,10 +141,11 @@ def centered(z: torch.Tensor) -> torch.Tensor:
 
 
 def gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(a) - sigmoid(b)`` in float64 (broadcasting), without cancellation: ``sigma(-b) -
-    sigma(-a)`` where both logits are ``>= 1``, ``sigma(a) - sigma(b)`` where both are ``<= -1``,
+    """``sigmoid(a) - sigmoid(b)`` in float64 (broadcasting), never as two probabilities rounded near 1:
+    ``sigma(-b) - sigma(-a)`` where both logits are ``>= 1``, ``sigma(a) - sigma(b)`` where both are ``<= -1``,
     ``centered(a) - centered(b)`` otherwise (opposite signs add magnitudes; small ones are exact).
-    Its sign is the sign of ``a - b``; its gradient is the true one."""
+    Its sign is the sign of ``a - b``; its gradient is the true one. For nearly equal logits the last form
+    subtracts two close values and keeps fewer digits (relative error about 1e-7 for ``a - b = 1e-9``)."""
     a, b = torch.broadcast_tensors(a.double(), b.double())
     return _Gap.apply(a, b)
 

@@ -170,7 +170,8 @@ class Target:
         """Which constraints of Eq. (4) hold, ``(N, L)`` bool: True where label ``i ∈ A ∪ B`` is on its
         target side of the threshold, ``logit >= 0`` (``F_i >= 0.5``) for a positive ``y*_i``, ``< 0``
         otherwise. ``logits`` ``(N, L)`` float: decide on logits, never on rounded probabilities. A NaN logit
-        is on neither side: its constraint does not hold."""
+        is on neither side: its constraint does not hold. A logit of exactly 0 (``F_i = 0.5``) is positive, as
+        Sec. IV-D's ``h_i = [f_i >= 0.5]`` (Eq. 3b, read alone, is non-strict on both sides)."""
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(self.y.shape) \
                 or not logits.is_floating_point():
             raise ValueError(f"logits must be a float tensor of the target's shape {tuple(self.y.shape)} (N, L), got "
