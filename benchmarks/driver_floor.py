@@ -5,8 +5,8 @@ Adam's variable (the change of variables), takes one forward and one backward th
 float64 distortion, selects the best iterate and takes the per-image Adam step. An attack adds only its loss.
 Running the driver with :func:`free_loss`, a loss that costs almost nothing, measures what the driver's own
 passes cost beside the model: no attack built on it can have a higher throughput ratio than this one, and the
-room left for a loss before the ratio drops under a goal ``g`` is ``base / g - base - driver`` milliseconds
-per step (:func:`room_ms`).
+room left for a loss before the ratio drops under a goal ``g`` is ``base / g - base / r`` milliseconds per
+step, ``base`` the model's step and ``r`` the driver's ratio (:func:`step_ms`, :func:`room_ms`).
 
 Used by :mod:`benchmarks.run_all` (its throughput section times this row beside the attacks).
 """
@@ -39,7 +39,12 @@ def run(model, x: torch.Tensor, y: torch.Tensor, A: torch.Tensor, B: torch.Tenso
                               trace=False)
 
 
-def room_ms(base_ms: float, driver_extra_ms: float, goal: float) -> float:
-    """Milliseconds per step a loss may take before the ratio ``base / (base + driver + loss)`` drops under
-    ``goal``, given the baseline step ``base_ms`` and what the driver adds to it (negative: none)."""
-    return base_ms / goal - base_ms - driver_extra_ms
+def step_ms(base_ms: float, ratio: float) -> float:
+    """The milliseconds of a step whose throughput ratio over a ``base_ms`` baseline step is ``ratio``."""
+    return base_ms / ratio
+
+
+def room_ms(base_ms: float, driver_ratio: float, goal: float) -> float:
+    """Milliseconds per step a loss may add to the driver before the ratio drops under ``goal``, given the
+    baseline step ``base_ms`` and the driver's own ratio (negative: the driver alone is below the goal)."""
+    return step_ms(base_ms, goal) - step_ms(base_ms, driver_ratio)

@@ -331,14 +331,13 @@ def summary_markdown(res: dict) -> str:
     floor = res.get("driver_floor")
     if floor:
         q = " - ".join(_fmt(v) for v in floor.get("ratio_quartiles") or []) or "n/a"
-        losses = ", ".join(f"{k} {_fmt(r['extra_ms'] - floor['extra_ms'])}" for k, r in res["throughput"].items()
-                           if k != "ml_dp")
+        losses = ", ".join(f"{k} {_fmt(ms)}" for k, ms in floor["loss_ms"].items())
         lines += ["", f"**The driver alone**, the steps ML-CW, Rank I and Rank II share (change of variables, "
                   f"forward, backward, float64 distortion, selection, Adam) with a loss that costs nothing "
                   f"(`benchmarks/driver_floor.py`), timed the same way: ratio **{_fmt(floor['ratio'])}** (quartiles "
-                  f"{q}). It adds {_fmt(floor['extra_ms'])} ms to the model's step, which leaves "
-                  f"{_fmt(floor['room_ms'])} ms per step for a loss before the ratio drops under {GOAL}. What each "
-                  f"attack's loss adds beyond the driver (ms per step, medians over steps): {losses}."]
+                  f"{q}): it adds {_fmt(floor['driver_ms'])} ms to the model's {_fmt(floor['base_ms'], 1)} ms step, which "
+                  f"leaves {_fmt(floor['room_ms'])} ms per step for a loss before the ratio drops under {GOAL}. What "
+                  f"each attack's loss adds to the driver's step (ms, from the median ratios): {losses}."]
     prof = res["profile"]
     lines += ["", "### Where a step's time goes (torch.profiler, CPU)", "",
               "| | kernels / step | CPU ms / step |", "|---|---|---|"]
@@ -406,8 +405,10 @@ def _floor_sentence(res: dict) -> str:
     floor = res.get("driver_floor")
     if not floor:
         return ""
+    losses = ", ".join(f"{k} {ms:.2f} ms" for k, ms in floor["loss_ms"].items())
     return (f" The driver alone, with a loss that costs nothing, reaches {floor['ratio']:.2f}: on this model and "
-            f"machine it leaves {floor['room_ms']:.2f} ms per step for a loss before the ratio drops under {GOAL}.")
+            f"machine it leaves {floor['room_ms']:.2f} ms per step for a loss before the ratio drops under {GOAL}, "
+            f"where the exact losses take {losses}.")
 
 
 def main(argv=None) -> dict:
@@ -444,8 +445,11 @@ def main(argv=None) -> dict:
     names = ITERATIVE + (driver_floor.NAME,)  # the driver alone is timed beside the attacks, then set apart
     thr = section("throughput", lambda: bench_throughput(wl, cfg, device, log, names=names))
     floor = thr.pop(driver_floor.NAME)
-    base_ms = floor["batch"] / floor["baseline_image_steps_per_s"] * 1e3
-    floor["room_ms"] = driver_floor.room_ms(base_ms, floor["extra_ms"], GOAL)
+    base_ms = floor["batch"] / floor["baseline_image_steps_per_s"] * 1e3  # the model's step beside the driver's
+    floor.update(base_ms=base_ms, driver_ms=driver_floor.step_ms(base_ms, floor["ratio"]) - base_ms,
+                 room_ms=driver_floor.room_ms(base_ms, floor["ratio"], GOAL),
+                 loss_ms={k: driver_floor.step_ms(base_ms, r["ratio"]) - driver_floor.step_ms(base_ms, floor["ratio"])
+                          for k, r in thr.items() if k != "ml_dp"})
     spd = section("speed-up over one image at a time", lambda: bench_speedup(
         wl, cfg, device, {k: v["attack_seconds"] for k, v in thr.items()}))
     prof = section("profile", lambda: bench_profile(wl, cfg))
