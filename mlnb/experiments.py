@@ -50,9 +50,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .experiment_plan import (GENERAL, attack_set, check_counts, draw_targets, is_scenario_row, plan_chunks,
-                              project_rmsd, resolve_params, row_params, run_params, seeded_generator,  # noqa: F401
-                              split_names)  # (row_params: public here too)
+from .experiment_plan import (GENERAL, SCORE_BATCH, attack_set, check_counts, draw_targets, is_scenario_row,
+                              plan_chunks, project_rmsd, resolve_params, row_params,  # noqa: F401 (row_params: public)
+                              run_params, seeded_generator, split_names)
 from .labels import STRATEGIES
 from .metrics import per_image_metrics
 from .presets import ATTACK_NAMES, ROW_NAMES, Preset, check_data_available, get_preset, row_attack
@@ -229,7 +229,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
         for dataset in datasets:
             model, ds, model_id = _load(preset, dataset, dev, progress, rank, world, download)
             y_all = ds.labels
-            logits_all = predict_logits(model, ds, batch_size=max(bs, 64))  # X is decided on them
+            logits_all = predict_logits(model, ds, batch_size=SCORE_BATCH)  # X is decided on them
             scores_all, X = torch.sigmoid(logits_all).cpu(), attack_set(logits_all.cpu(), y_all)
             sizes[dataset], label_names[dataset] = int(len(X)), ds.label_names
             for strategy in strategies:
