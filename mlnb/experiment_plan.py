@@ -35,10 +35,11 @@ def seeded_generator(*parts) -> torch.Generator:
 SCORE_BATCH = 64  # images per forward when the runner scores the test set for X: fixed, so X never depends on --batch-size
 
 
-def attack_set(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def attack_set(*, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sec. IV-E: indices ``(M,)`` of the images whose every label is classified correctly at the 0.5 threshold,
     decided on the logits (``(logits >= 0) == y`` on all ``L`` labels; a float32 probability rounds to 0.5 for
-    logits within 3e-8 of 0). ``logits`` ``(N, L)``, ``y`` ``(N, L)`` bool."""
+    logits within 3e-8 of 0). ``logits`` ``(N, L)``, ``y`` ``(N, L)`` bool. Keyword-only: it took probabilities
+    before, and a positional call with them would now select nothing, silently."""
     return ((logits >= LOGIT_THRESHOLD) == y).all(1).nonzero().flatten()
 
 

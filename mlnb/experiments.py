@@ -230,7 +230,7 @@ def run_experiment(preset: str | Preset, attacks=ATTACK_NAMES, strategies=GENERA
             model, ds, model_id = _load(preset, dataset, dev, progress, rank, world, download)
             y_all = ds.labels
             logits_all = predict_logits(model, ds, batch_size=SCORE_BATCH)  # X is decided on them
-            scores_all, X = torch.sigmoid(logits_all).cpu(), attack_set(logits_all.cpu(), y_all)
+            scores_all, X = torch.sigmoid(logits_all).cpu(), attack_set(logits=logits_all.cpu(), y=y_all)
             sizes[dataset], label_names[dataset] = int(len(X)), ds.label_names
             for strategy in strategies:
                 label = {"reduce": preset.reduce_label, "augment": preset.augment_label}.get(strategy)

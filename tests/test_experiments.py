@@ -49,9 +49,11 @@ def test_attack_set_and_seeded_draws():
     y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.bool)
     scores = y.float() * 0.9 + 0.05
     scores[1, 0] = 0.7  # image 1 misclassified: not in X
-    X = E.attack_set(torch.logit(scores), y)  # decided on the logits
+    X = E.attack_set(logits=torch.logit(scores), y=y)  # decided on the logits
     assert X.tolist() == [0, 2, 3, 4, 5]
-    assert E.attack_set(torch.tensor([[-2e-8, 3.0]]), torch.tensor([[True, True]])).tolist() == []  # sigmoid: 0.5
+    assert E.attack_set(logits=torch.tensor([[-2e-8, 3.0]]), y=torch.tensor([[True, True]])).tolist() == []  # 0.5
+    with pytest.raises(TypeError):  # positional probabilities (the old call) cannot select nothing silently
+        E.attack_set(scores, y)
     a = E.draw_targets(y, X, "random", 3, seed=7)
     b = E.draw_targets(y, X, "random", 3, seed=7)
     assert torch.equal(a[0], b[0]) and a[2] == b[2]
