@@ -81,12 +81,14 @@ def row_params(preset: Preset, row: str, params: dict | None = None) -> dict:
 
 def resolve_params(preset: Preset, rows: list[str], params: dict) -> dict:
     """``{row: resolved keyword arguments}`` for the table ``rows`` (:func:`row_params`), after checking every
-    row of ``params`` (``{row: {keyword: value}}``): a misspelt row or keyword fails now, not after the target
-    model is trained, and parameters of a row that is not run are named in a warning (they reach no other row)."""
+    row run and every row of ``params`` (``{row: {keyword: value}}``), the preset's own keywords included: a
+    misspelt row or keyword fails now, not after the target model is trained, and parameters of a row that is
+    not run are named in a warning (they reach no other row)."""
     from .attacks import check_params
 
     for row in params:
         check_choice("attack in params", row, ROW_NAMES)
+    for row in dict.fromkeys([*rows, *params]):
         check_params(row_attack(row), row_params(preset, row, params))
     idle = sorted(set(params) - set(rows))
     if idle:
@@ -133,9 +135,9 @@ def check_counts(strategies: list[str], n, seed) -> None:
         n_s = n.get(strategy) if isinstance(n, dict) else n
         try:
             if n_s is not None:
-                check_positive("n", n_s, integer=True)
+                check_positive(f"n (images of strategy {strategy!r})", n_s, integer=True)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{err} (the images of strategy {strategy!r}; --n-images on the command line)") from None
+            raise type(err)(f"{err} (--n-images on the command line)") from None
 
 
 def split_names(value, valid, what: str) -> list[str]:

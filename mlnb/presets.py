@@ -12,6 +12,9 @@ Introduced in notebooks/01_target_model.ipynb.
 """
 from __future__ import annotations
 
+import copy
+import inspect
+
 from dataclasses import dataclass, field, replace
 
 from .validate import check_choice, check_positive
@@ -44,6 +47,7 @@ class Preset:
         check_choice("attack", attack, ATTACK_NAMES)
         params = dict(self.attacks.get(attack, {}))
         for key, cap in (caps or {}).items():
+            check_positive(f"caps[{key!r}]", cap)  # a budget cap: a positive number (NaN would be ignored by min)
             if key in params:
                 params[key] = min(params[key], cap)
         return params
@@ -139,9 +143,10 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str, **overrides) -> Preset:
     """Look a preset up by name; keyword overrides replace fields (``get_preset("default", n_general=20)``).
 
-    Overridden values are checked (names against the valid lists, sizes and budgets positive)."""
+    Overridden values are checked (names against the valid lists, sizes and budgets positive). The preset is a
+    copy: changing its ``attacks`` or ``train`` dicts does not change the registry's."""
     check_choice("preset", name, PRESETS)
-    preset = PRESETS[name]
+    preset = copy.deepcopy(PRESETS[name])
     unknown = set(overrides) - set(preset.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown preset field(s) {sorted(unknown)}: valid fields are "
@@ -156,7 +161,8 @@ def get_preset(name: str, **overrides) -> Preset:
 def check_preset(preset: Preset) -> None:
     """Raise ``ValueError`` / ``TypeError`` naming the field when a preset value is invalid."""
     from .data import DATASETS
-    from .models import BACKBONES
+    from .models import BACKBONES, MIN_IMAGE_SIZE
+    from .training import train_model
 
     if isinstance(preset.datasets, str) or not preset.datasets:
         raise ValueError(f"preset field datasets must be a non-empty tuple of names, got {preset.datasets!r}: "
@@ -166,6 +172,18 @@ def check_preset(preset: Preset) -> None:
     check_choice("backbone", preset.backbone, BACKBONES)
     for f in ("image_size", "n_general", "n_label_specified", "attack_batch_size"):
         check_positive(f, getattr(preset, f), integer=True)
+    if preset.image_size < MIN_IMAGE_SIZE[preset.backbone]:
+        raise ValueError(f"preset image_size {preset.image_size} is below {preset.backbone}'s minimum "
+                         f"{MIN_IMAGE_SIZE[preset.backbone]}: pass image_size >= {MIN_IMAGE_SIZE[preset.backbone]}")
+    if not isinstance(preset.pretrained, bool):
+        raise TypeError(f"preset field pretrained must be a bool, got {preset.pretrained!r}")
+    if not isinstance(preset.attacks, dict) or not isinstance(preset.train, dict):
+        raise TypeError("preset fields attacks and train must be dicts ({attack: {keyword: value}} and "
+                        "{keyword: value} of mlnb.training.train_model)")
+    known = set(inspect.signature(train_model).parameters) - {"model", "train_set"}
+    unknown = sorted(set(preset.train) - known)
+    if unknown:
+        raise ValueError(f"unknown train setting(s) {unknown}: valid ones are {sorted(known)}")
     for f in ("n_train", "n_test"):
         if getattr(preset, f) is not None:
             check_positive(f, getattr(preset, f), integer=True)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .validate import check_choice, check_seed
+from .validate import check_choice, check_positive, check_seed
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -29,23 +29,28 @@ def set_seed(seed: int) -> torch.Generator:
     choice: data sets and targets take one (no attack draws random numbers).
     """
     check_seed(seed)
+    seed = int(seed)  # a NumPy integer too
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU. Anything else is checked and returned."""
-    if isinstance(device, torch.device):
-        return device
-    base = str(device).split(":")[0]
+    """``"auto"`` -> CUDA if available, else CPU. Anything else (a name such as ``"cuda:1"`` or a
+    ``torch.device``) is checked, the accelerator's availability included, and returned."""
+    text = str(device).strip().lower()
+    base = text.split(":")[0]
     check_choice("device", base, DEVICE_CHOICES)
     if base == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False: use DEVICE='auto' or 'cpu'")
-    return torch.device(device)
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if base in available and not available[base]():
+        raise ValueError(f"device {base!r} requested but it is not available here: use DEVICE='auto' or 'cpu'")
+    try:
+        return torch.device(text)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a valid device name ({err}): pass e.g. 'cpu' or 'cuda:0'") from None
 
 
 def project_root() -> Path:
@@ -59,13 +64,14 @@ def project_root() -> Path:
 
 
 def results_root() -> Path:
-    """``$MLNB_RESULTS`` or ``<project>/results``."""
-    return Path(os.environ.get("MLNB_RESULTS", project_root() / "results"))
+    """``$MLNB_RESULTS`` (``~`` expanded; empty counts as unset) or ``<project>/results``."""
+    return Path(os.environ.get("MLNB_RESULTS") or project_root() / "results").expanduser()
 
 
 def data_root() -> Path:
-    """``$MLNB_DATA`` or ``<project>/data`` (the cache of built data sets and trained models)."""
-    return Path(os.environ.get("MLNB_DATA", project_root() / "data")).expanduser()
+    """``$MLNB_DATA`` (``~`` expanded; empty counts as unset) or ``<project>/data`` (the cache of built data
+    sets and trained models)."""
+    return Path(os.environ.get("MLNB_DATA") or project_root() / "data").expanduser()
 
 
 def results_dir(notebook: str) -> Path:
@@ -94,9 +100,24 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def _hashable(obj: Any) -> Any:
+    """``obj`` for :func:`param_hash`: a non-finite float keeps its identity (``to_jsonable`` writes all of them
+    as null, which would make NaN, inf and None one key) and keys that collide as strings are refused."""
+    if isinstance(obj, dict):
+        keys = [str(k) for k in obj]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"parameter keys {sorted(keys)} collide once written as text: use distinct names")
+        return {str(k): _hashable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_hashable(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return f"float({obj})"
+    return obj
+
+
 def param_hash(params: dict) -> str:
     """A short stable hash of a parameter dict (sorted JSON), used to key runs and results."""
-    text = json.dumps(to_jsonable(params), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(to_jsonable(_hashable(params)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -114,7 +135,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # every reader of ours reads UTF-8
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -156,9 +177,15 @@ def write_metrics(notebook: str, metrics: dict, params: dict, *, seed: int | Non
 def save_figure(fig, notebook: str, name: str, dpi: int = 120) -> Path:
     """Save a matplotlib figure as ``results/<notebook>/<name>.png`` (atomically)."""
     path = results_dir(notebook) / f"{name}.png"
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")  # one per writer
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -197,11 +224,16 @@ def run_in_chunks(n: int, batch_size: int | None, device: torch.device,
 
     An out-of-memory error (``torch.OutOfMemoryError``) halves the chunk size and retries the
     chunk; finished chunks are kept; at one image it is raised. The one out-of-memory policy of
-    ``mlnb``: the attacks chunk their batches with it and the experiment runner its chunks. Per-image
-    results do not depend on the chunking, because no attack mixes images.
+    ``mlnb``: the attacks chunk their batches with it and the experiment runner its chunks. No attack mixes
+    images, so the chunking changes no formula; the model's convolutions may round the last bits by batch
+    size (README, resume).
 
     Introduced in notebooks/06_general_attacks.ipynb (the runner's chunks); the attacks call it too.
     """
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
+    if n == 0:
+        return {}
     size = n if batch_size is None else min(int(batch_size), n)
     parts, start = [], 0
     while start < n:

@@ -49,10 +49,15 @@ def check_positive(name: str, value, *, allow_zero: bool = False, integer: bool 
         raise ValueError(f"{name} must be a finite {need} number, got {value!r}: pass e.g. {name}=1")
 
 
+MAX_SEED = 2**32 - 1  # NumPy's seed range; derived seeds (seed * 10 + k, hashes) stay far inside int64
+
+
 def check_seed(seed) -> None:
-    """A seed: a non-negative whole number (Python or NumPy int, not a bool)."""
+    """A seed: a whole number in ``[0, MAX_SEED]`` (Python or NumPy int, not a bool)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if seed > MAX_SEED:
+        raise ValueError(f"seed must be at most {MAX_SEED} (NumPy's seed range), got {seed}: pass a smaller seed")
 
 
 def check_annotated(name: str, value, annotation) -> None:

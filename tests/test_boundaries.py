@@ -194,3 +194,77 @@ def test_histogram_overlap_refuses_nan_and_an_empty_range():
         defenses.histogram_overlap(torch.tensor([math.nan, 0.2]), a)
     with pytest.raises(ValueError, match="low < high"):
         defenses.histogram_overlap(a, a, value_range=(1.0, 0.0))
+
+
+# ----------------------------------------------------------------------------- presets, runner plan, utilities
+def test_a_preset_keyword_misspelt_fails_before_training():
+    from mlnb import experiments as E
+    from mlnb.presets import get_preset
+
+    with pytest.raises(ValueError, match="unknown parameter"):  # used to surface only when the attack ran
+        E.resolve_params(get_preset("default", attacks={"ml_cw": {"max_iters": 5}}), ["ml_cw"], {})
+
+
+@pytest.mark.parametrize("override, problem", [
+    ({"image_size": 32, "backbone": "inception_v3"}, "minimum 75"), ({"pretrained": "no"}, "must be a bool"),
+    ({"train": {"epoch": 3}}, "unknown train setting"), ({"attacks": [("ml_cw", {})]}, "must be dicts")])
+def test_a_custom_preset_is_checked_when_made(override, problem):
+    from mlnb.presets import get_preset
+
+    with pytest.raises((ValueError, TypeError), match=problem):
+        get_preset("default", **override)
+
+
+def test_a_preset_is_a_copy_and_its_caps_are_checked():
+    from mlnb.presets import PRESETS, get_preset
+
+    p = get_preset("default")
+    p.attacks["ml_cw"]["max_iter"] = 1  # used to change the registry for the rest of the process
+    assert PRESETS["default"].attacks["ml_cw"]["max_iter"] != 1
+    for cap in (-3, 0, math.nan):
+        with pytest.raises(ValueError, match="caps"):
+            p.attack_params("ml_cw", caps={"max_iter": cap})
+
+
+def test_run_in_chunks_refuses_a_zero_batch_and_takes_no_images():
+    from mlnb.utils import run_in_chunks
+
+    with pytest.raises(ValueError, match="batch_size"):  # used to loop forever
+        run_in_chunks(3, 0, torch.device("cpu"), lambda sl: {"x": torch.zeros(sl.stop - sl.start)})
+    assert run_in_chunks(0, 4, torch.device("cpu"), lambda sl: {}) == {}  # used to raise IndexError
+
+
+def test_paper_table_three_of_one_data_set_and_side_by_side_that_matches_nothing():
+    from mlnb.paper.tables import paper_table, side_by_side
+
+    assert list(paper_table(3, "voc2007").index) == ["voc2007"]  # used to raise "Index must be a MultiIndex"
+    ours = paper_table(4, "voc2007").droplevel("dataset")
+    with pytest.raises(ValueError, match="no row of ours matches"):  # levels swapped: used to give all-NaN columns
+        side_by_side(ours.swaplevel(0, 1), paper_table(4))
+    with pytest.raises(ValueError, match="index levels"):
+        side_by_side(ours, paper_table(3))
+
+
+def test_seeds_hashes_devices_and_roots():
+    from mlnb.utils import param_hash, resolve_device, results_root, set_seed
+
+    assert torch.equal(torch.rand(2, generator=set_seed(np.int64(5))), torch.rand(2, generator=set_seed(5)))
+    with pytest.raises(ValueError, match="at most"):
+        set_seed(2**64)
+    hashes = {param_hash({"a": v}) for v in (math.nan, math.inf, -math.inf, None)}
+    assert len(hashes) == 4  # to_jsonable writes all four as null: they used to key the same run
+    with pytest.raises(ValueError, match="collide"):
+        param_hash({1: "x", "1": "y"})
+    assert resolve_device("CPU") == torch.device("cpu") and resolve_device(torch.device("cpu")).type == "cpu"
+    with pytest.raises(ValueError, match="not a valid device"):
+        resolve_device("cpu:x")
+
+
+def test_results_and_data_roots_expand_home_and_ignore_empty(monkeypatch, tmp_path):
+    from mlnb.utils import data_root, project_root, results_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MLNB_RESULTS", "~/r")
+    assert results_root() == tmp_path / "r"  # used to be a folder literally named "~"
+    monkeypatch.setenv("MLNB_DATA", "")
+    assert data_root() == project_root() / "data"  # used to be the working directory

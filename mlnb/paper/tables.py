@@ -89,7 +89,9 @@ def paper_table(number: int, dataset: str | None = None) -> pd.DataFrame:
         names = sorted(set(table.index.get_level_values("dataset")))
         if dataset not in names:
             raise ValueError(f"table {number} has no data set {dataset!r}: choose one of {', '.join(names)}")
-        table = table.xs(dataset, level="dataset", drop_level=False)
+        # Table III is indexed by data set alone, Tables IV / V by (dataset, strategy, attack)
+        table = table.loc[[dataset]] if table.index.nlevels == 1 else table.xs(dataset, level="dataset",
+                                                                               drop_level=False)
     return table
 
 
@@ -110,11 +112,20 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, *, paper_dataset: str 
                              f"with one paper data set: select one, e.g. side_by_side(ours.xs({names[-1]!r}, "
                              f"level='dataset', drop_level=False), paper, paper_dataset={names[-1]!r})")
         o = ours.droplevel("dataset")
+    missing = [n for n in ("strategy", "attack") if n not in o.index.names or n not in paper.index.names]
+    if missing or not set(METRICS) <= set(o.columns):
+        raise ValueError(f"side_by_side compares Table IV / V rows: both tables need the index levels (strategy, "
+                         f"attack) and ours the columns {list(METRICS)} (missing: levels {missing}, columns "
+                         f"{sorted(set(METRICS) - set(o.columns))}); pass paper_table(4) or paper_table(5)")
     p = paper
     if "dataset" in paper.index.names:
         check_choice("paper_dataset", paper_dataset, dict.fromkeys(paper.index.get_level_values("dataset")))
         p = paper.xs(paper_dataset, level="dataset")
     p = p.reindex(o.index)
+    if not p.notna().any().any() and len(o):
+        raise ValueError("no row of ours matches a row of the paper's table on (strategy, attack): are the levels "
+                         "in that order, and is it the table of these rows (Table IV: general and label-specified "
+                         "attacks, Table V: the rank attacks' extremes)?")
     out = pd.concat({"ours": o[list(METRICS)], "paper": p[list(METRICS)]}, axis=1)
     out = out.swaplevel(0, 1, axis=1)
     return out[[(c, s) for c in METRICS for s in ("ours", "paper")]]
