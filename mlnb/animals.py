@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .utils import replacing
 
 LABEL_NAMES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 CLASS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 4.0, 1.0, 1.0, 1.0, 0.25, 1.0)  # dog dominant, sheep rare
@@ -215,8 +216,6 @@ def load_or_build(root: Path, image_size: int, seed: int, sizes: dict[str, int] 
         except Exception:  # a corrupted cache is rebuilt below
             path.unlink(missing_ok=True)
     data = build(image_size, seed, sizes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(data, tmp)
     return data

@@ -127,7 +127,7 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
     Introduced in notebooks/09_jpeg_defense.ipynb.
     """
     from .metrics import average_precision
-    from .validate import (check_eval_model, check_finite, check_label_matrix, check_model_output, check_positive,
+    from .validate import (check_eval_model, check_finite, check_label_matrix, check_logits, check_positive,
                            check_same_rows)
 
     check_eval_model(model)
@@ -140,7 +140,7 @@ def evaluate_defense(model: nn.Module, defense: Defense | None, x: torch.Tensor,
     purify = defense if defense is not None else (lambda t: t)
 
     def scores(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([check_model_output(model(purify(t[i:i + batch_size])), len(t[i:i + batch_size]))
+        return torch.cat([check_logits(model(purify(t[i:i + batch_size])), len(t[i:i + batch_size]))
                           for i in range(0, len(t), batch_size)])
 
     clean = scores(x)

