@@ -88,13 +88,14 @@ def resolve_params(preset: Preset, rows: list[str], params: dict) -> dict:
 
     for row in params:
         check_choice("attack in params", row, ROW_NAMES)
-    for row in dict.fromkeys([*rows, *params]):
-        check_params(row_attack(row), row_params(preset, row, params))
+    resolved = {row: row_params(preset, row, params) for row in dict.fromkeys([*rows, *params])}
+    for row, p in resolved.items():
+        check_params(row_attack(row), p)
     idle = sorted(set(params) - set(rows))
     if idle:
         warnings.warn(f"parameters given for rows that are not run, {idle}: they apply to their row only (run it "
                       f"with --attacks / attacks=, or drop them)", stacklevel=3)
-    return {row: row_params(preset, row, params) for row in rows}
+    return {row: resolved[row] for row in rows}
 
 
 def is_scenario_row(p: dict) -> bool:
